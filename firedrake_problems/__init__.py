@@ -1,0 +1,32 @@
+"""PDE problem families assembled with Firedrake and delivered as PETSc objects.
+
+Every family builder returns a :class:`Problem` (operator, right-hand side,
+node coordinates, block size, near-nullspace, mesh/space, metadata) that is
+deterministic for a given seed and the same on any number of MPI ranks.
+This package depends on Firedrake, petsc4py, numpy/scipy/h5py/matplotlib/gmsh
+only (never on torch or ``petsc_neural``).
+
+>>> from firedrake_problems import make_problem
+>>> p = make_problem("poisson", 32, seed=0, dim=2)
+>>> x, ksp = p.solve({"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": 1e-10})
+"""
+
+from .core import Problem
+from .elasticity import elasticity
+from .mixed_3d1d import mixed_3d1d
+from .registry import DEFAULT_SIZES, FAMILIES, make_problem
+from .scalar import anisotropic, cdr, diffusion, poisson, screened_poisson
+
+__all__ = [
+    "Problem",
+    "FAMILIES",
+    "DEFAULT_SIZES",
+    "make_problem",
+    "poisson",
+    "diffusion",
+    "anisotropic",
+    "screened_poisson",
+    "elasticity",
+    "cdr",
+    "mixed_3d1d",
+]
