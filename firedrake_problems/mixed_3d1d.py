@@ -182,7 +182,7 @@ def circle_average_operator(
     """
     comm = V3.mesh().comm
     mesh3 = V3.mesh()
-    if V3.ufl_element().degree() != 1 or mesh3.ufl_cell().cellname() != "tetrahedron":
+    if V3.ufl_element().degree() != 1 or str(mesh3.ufl_cell()) != "tetrahedron":
         raise NotImplementedError("the 3D space must be P1 on tetrahedra")
     nn = len(nodes)
     n1 = np.array([_perpendicular(t) for t in tangents])
@@ -367,7 +367,7 @@ def mixed_3d1d(
     Pi.diagonalScale(R=mask3)
     M.diagonalScale(L=mask1, R=mask1)
     MPi = M.matMult(Pi)  # n1 x n3
-    PtMP = M.PtAP(Pi)  # n3 x n3
+    PtMP = M.ptap(Pi)  # n3 x n3
     A33 = K3.duplicate(copy=True)
     A33.axpy(c, PtMP, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
     A13 = MPi.copy()
@@ -376,9 +376,9 @@ def mixed_3d1d(
     A11c = A11.duplicate(copy=True)
     A11c.axpy(c, M, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
     nest = PETSc.Mat().createNest([[A33, A31], [A13, A11c]], comm=comm)
-    A = nest.convert("aij")
+    is3, is1 = (iset.duplicate() for iset in nest.getNestISs()[0])
+    A = nest.convert("aij", out=PETSc.Mat())
     A.assemble()
-    is3, is1 = nest.getNestISs()[0]
     # Right-hand side in the same (per-rank 3D then 1D) ordering.
     b = A.createVecLeft()
     b.setArray(np.concatenate([b3.getArray(readonly=True), b1.getArray(readonly=True)]))

@@ -1,0 +1,238 @@
+"""Model files: TorchScript with JSON metadata inside the same file.
+
+A model file is a TorchScript archive (``torch.jit.save``) whose extra file
+``petsc_neural.json`` holds the metadata.  Loading goes through
+``torch.jit.load``, which reads TorchScript code and tensors only: no Python
+pickle of arbitrary objects is ever executed.
+
+Metadata schema (format version 1)::
+
+    {
+      "format": "petsc-neural-model",
+      "format_version": 1,
+      "method": "torchscript" | "npo" | "neuralsp" | ...,
+      "problem_family": "poisson" | ... | null,     # informative
+      "block_size": 1,                             # operator block size the model expects
+      "dtype": "float64" | "float32",              # dtype of the network's parameters/inputs
+      "n": null | int,                             # local rows the model is tied to (null: any)
+      "inputs": ["residual", ...],                 # forward's positional arguments, see below
+      "linear": true | false,                      # is forward linear in the residual?
+      "training": {...},                           # free-form: configuration, losses, seed
+      "content_hash": "sha256:...",                # of the code and parameters, checked on load
+      "torch_version": "2.13.0", "created": "2026-...Z"
+    }
+
+``inputs`` names, in order, what ``forward`` receives; the first is always
+``"residual"`` (a 1-D tensor of the local rows).  The others are taken from the
+operator once at setup: ``"operator"`` (local diagonal block as a sparse CSR
+tensor), ``"diagonal"`` (1-D), ``"coordinates"`` (``(n_nodes, dim)``, or
+``(0, 0)`` when the problem has none), ``"near_nullspace"`` (``(n, k)``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ModelFileError, ModelMismatchError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INPUT_NAMES",
+    "ModelMetadata",
+    "LoadedModel",
+    "save_model",
+    "load_model",
+    "content_hash",
+    "atomic_write_bytes",
+]
+
+FORMAT = "petsc-neural-model"
+FORMAT_VERSION = 1
+_META_NAME = "petsc_neural.json"
+INPUT_NAMES = ("residual", "operator", "diagonal", "coordinates", "near_nullspace")
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass
+class ModelMetadata:
+    """What a model file says about the model it holds."""
+
+    method: str = "torchscript"
+    problem_family: str | None = None
+    block_size: int = 1
+    dtype: str = "float64"
+    n: int | None = None
+    inputs: list[str] = field(default_factory=lambda: ["residual"])
+    linear: bool = False
+    training: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""
+    torch_version: str = ""
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def validate(self) -> None:
+        if self.format != FORMAT:
+            raise ModelFileError(f"not a petsc-neural model (format {self.format!r})")
+        if self.format_version != FORMAT_VERSION:
+            raise ModelFileError(
+                f"model format version {self.format_version} is not supported "
+                f"(this petsc-neural reads version {FORMAT_VERSION})"
+            )
+        if self.dtype not in _DTYPES:
+            raise ModelFileError(f"model dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")
+        if not self.inputs or self.inputs[0] != "residual":
+            raise ModelFileError(f"model inputs must start with 'residual', got {self.inputs}")
+        unknown = [name for name in self.inputs if name not in INPUT_NAMES]
+        if unknown:
+            raise ModelFileError(f"unknown model inputs {unknown}; known: {list(INPUT_NAMES)}")
+        if int(self.block_size) < 1:
+            raise ModelFileError(f"block size must be >= 1, got {self.block_size}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"model metadata is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelFileError("model metadata is not a JSON object")
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ModelFileError(f"unknown model metadata keys {extra}")
+        meta = cls(**data)
+        meta.validate()
+        return meta
+
+
+@dataclass
+class LoadedModel:
+    """A validated TorchScript module and its metadata."""
+
+    module: torch.jit.ScriptModule
+    metadata: ModelMetadata
+    path: str
+
+
+def content_hash(module: torch.jit.ScriptModule) -> str:
+    """sha256 over the module's TorchScript code and every parameter/buffer.
+
+    Computed from what is loaded, not from the file's bytes, so the hash can
+    be stored inside the file and re-checked after loading.
+    """
+    h = hashlib.sha256()
+    h.update(module.code.encode())
+    for name, sub in sorted(module.named_modules(), key=lambda kv: kv[0]):
+        if name:
+            h.update(name.encode())
+            h.update(sub.code.encode() if hasattr(sub, "code") else b"")
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(
+    module: torch.nn.Module | torch.jit.ScriptModule,
+    path: str | os.PathLike,
+    metadata: ModelMetadata,
+) -> ModelMetadata:
+    """Script ``module`` (if needed) and save it with ``metadata``, atomically.
+
+    Fills in ``content_hash``, ``torch_version`` and ``created``; returns the
+    metadata as written.
+    """
+    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+    scripted = scripted.eval()
+    metadata.torch_version = torch.__version__
+    metadata.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    metadata.content_hash = content_hash(scripted)
+    metadata.validate()
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf, _extra_files={_META_NAME: metadata.to_json()})
+    atomic_write_bytes(path, buf.getvalue())
+    return metadata
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    method: str | None = None,
+) -> LoadedModel:
+    """Load and validate a model file.
+
+    Raises :class:`ModelFileError` when the file is missing, unreadable,
+    corrupt, lacks metadata or fails its content hash, and
+    :class:`ModelMismatchError` when it was made for another ``method``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"model file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file {path!r} is not a regular file")
+    extra = {_META_NAME: ""}
+    try:
+        module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError/ValueError for bad archives
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"model file {path!r} is corrupt or not a TorchScript archive: {first}"
+        ) from None
+    if not extra[_META_NAME]:
+        raise ModelFileError(
+            f"model file {path!r} is TorchScript but has no petsc-neural metadata; "
+            "save it with pcshell.save_model (or petsc_neural.TorchScriptPC.export)"
+        )
+    meta = ModelMetadata.from_json(extra[_META_NAME])
+    actual = content_hash(module)
+    if actual != meta.content_hash:
+        raise ModelFileError(
+            f"model file {path!r} fails its content hash (stored {meta.content_hash[:19]}..., "
+            f"computed {actual[:19]}...): it was modified after it was saved"
+        )
+    if method is not None and meta.method != method:
+        raise ModelMismatchError(
+            f"model file {path!r} holds a {meta.method!r} model, but this preconditioner "
+            f"serves {method!r} models"
+        )
+    return LoadedModel(module=module.eval(), metadata=meta, path=os.path.abspath(path))

@@ -1,0 +1,156 @@
+"""What a neural preconditioner reads from the operator, as torch tensors.
+
+Built once at setup from the local diagonal block of the preconditioning
+matrix (the whole matrix on one rank); :meth:`LocalOperator.refresh` copies new
+values into the same tensors when only the values changed.  Nothing here runs
+per apply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from petsc4py import PETSc
+
+from .errors import NeuralPCError
+
+__all__ = ["LocalOperator", "set_coordinates", "get_coordinates", "COORDINATES_KEY"]
+
+COORDINATES_KEY = "petsc_neural_coordinates"
+_CSR_TYPES = ("seqaij", "seqaijcusparse", "seqaijkokkos")
+
+
+def set_coordinates(obj: PETSc.PC | PETSc.Mat, coordinates: np.ndarray) -> None:
+    """Attach node coordinates ``(n_local_nodes, dim)`` to a PC or to its operator.
+
+    ``PCSetCoordinates`` is a no-op for ``-pc_type python`` (PETSc dispatches it
+    only to PCs that implement it), so the coordinates travel as a composed
+    ``Vec`` (block size = dim) that :class:`LocalOperator` reads at setup.
+    Attaching them to the operator Mat lets a Firedrake or C caller that only
+    holds the matrix pass them on.
+    """
+    coords = np.ascontiguousarray(coordinates, dtype=PETSc.RealType)
+    if coords.ndim != 2:
+        raise ValueError(f"coordinates must be (n_nodes, dim), got shape {coords.shape}")
+    v = PETSc.Vec().createWithArray(coords.ravel().copy(), comm=PETSc.COMM_SELF)
+    v.setBlockSize(coords.shape[1])
+    obj.compose(COORDINATES_KEY, v)
+
+
+def get_coordinates(*objs: PETSc.Object) -> np.ndarray | None:
+    """Coordinates composed on the first of ``objs`` that has them."""
+    for obj in objs:
+        if obj is None:
+            continue
+        v = obj.query(COORDINATES_KEY)
+        if v is not None:
+            return v.getArray(readonly=True).reshape(-1, v.getBlockSize()).copy()
+    return None
+
+
+def _local_block(P: PETSc.Mat) -> PETSc.Mat:
+    if P.getType() in ("python", "shell", "nest"):
+        raise NeuralPCError(
+            f"the preconditioning matrix is of type {P.getType()!r}: a neural "
+            "preconditioner needs an assembled matrix (use mat_type aij)"
+        )
+    block = P.getDiagonalBlock() if P.getComm().getSize() > 1 else P
+    if block.getType() not in _CSR_TYPES:
+        # BAIJ/SBAIJ/dense: convert once at setup to read it as CSR.
+        block = block.convert("seqaij")
+    return block
+
+
+class LocalOperator:
+    """The local rows of the operator as torch tensors, refreshed in place.
+
+    Attributes: ``csr`` (sparse CSR, the local diagonal block), ``diagonal``,
+    ``block_size``, ``near_nullspace`` (``(n, k)`` or ``None``),
+    ``coordinates`` (``(n_nodes, dim)`` or ``None``), ``n_local``,
+    ``n_global``, ``nnz``.
+    """
+
+    def __init__(
+        self,
+        P: PETSc.Mat,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+        pc: PETSc.PC | None = None,
+    ) -> None:
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.n_local, _ = P.getLocalSize()
+        self.n_global, _ = P.getSize()
+        self.block_size = P.getBlockSize()
+        block = _local_block(P)
+        indptr, indices, values = block.getValuesCSR()
+        self._indptr = indptr
+        self._indices = indices
+        self.nnz = int(indptr[-1])
+        self.csr = torch.sparse_csr_tensor(
+            torch.from_numpy(indptr.astype(np.int64)),
+            torch.from_numpy(indices.astype(np.int64)),
+            torch.from_numpy(values).to(dtype),
+            size=(self.n_local, self.n_local),
+        ).to(self.device)
+        self.diagonal = torch.from_numpy(P.getDiagonal().getArray(readonly=True).copy()).to(
+            device=self.device, dtype=dtype
+        )
+        self.near_nullspace = self._read_near_nullspace(P)
+        coords = get_coordinates(pc, P)
+        self.coordinates = (
+            None if coords is None else torch.from_numpy(coords).to(device=self.device, dtype=dtype)
+        )
+
+    def _read_near_nullspace(self, P: PETSc.Mat) -> torch.Tensor | None:
+        nsp = P.getNearNullSpace()
+        if nsp is None or nsp.handle == 0:
+            return None
+        vecs = list(nsp.getVecs())
+        cols = [v.getArray(readonly=True) for v in vecs]
+        if nsp.hasConstant():
+            cols.insert(0, np.ones(self.n_local))
+        if not cols:
+            return None
+        arr = np.stack(cols, axis=1)
+        return torch.from_numpy(arr.copy()).to(device=self.device, dtype=self.dtype)
+
+    def same_pattern(self, P: PETSc.Mat) -> bool:
+        """Does ``P`` have this operator's sizes and local nonzero pattern?"""
+        if P.getLocalSize()[0] != self.n_local or P.getSize()[0] != self.n_global:
+            return False
+        indptr, indices, _ = _local_block(P).getValuesCSR()
+        return np.array_equal(indptr, self._indptr) and np.array_equal(indices, self._indices)
+
+    def refresh(self, P: PETSc.Mat) -> None:
+        """Copy ``P``'s current values into the existing tensors (same pattern)."""
+        _, _, values = _local_block(P).getValuesCSR()
+        self.csr.values().copy_(torch.from_numpy(values))
+        self.diagonal.copy_(torch.from_numpy(P.getDiagonal().getArray(readonly=True)))
+        self.near_nullspace = self._read_near_nullspace(P)
+
+    def inputs(self, names: list[str]) -> tuple[torch.Tensor, ...]:
+        """The static network inputs named in a model's metadata (after ``residual``)."""
+        out = []
+        for name in names:
+            if name == "operator":
+                out.append(self.csr)
+            elif name == "diagonal":
+                out.append(self.diagonal)
+            elif name == "coordinates":
+                out.append(
+                    self.coordinates
+                    if self.coordinates is not None
+                    else torch.zeros((0, 0), dtype=self.dtype, device=self.device)
+                )
+            elif name == "near_nullspace":
+                if self.near_nullspace is None:
+                    raise NeuralPCError(
+                        "the model needs the operator's near-nullspace, but none is set "
+                        "(MatSetNearNullSpace)"
+                    )
+                out.append(self.near_nullspace)
+            else:
+                raise NeuralPCError(f"unknown model input {name!r}")
+        return tuple(out)

@@ -1,0 +1,37 @@
+"""Shared test configuration."""
+
+import os
+
+# Open MPI refuses root unless told; 2 ranks on 2 cores need oversubscription.
+# (The Makefile exports these too; set here for a bare `pytest` run.)
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _scrub_singleton_mpi_env() -> None:
+    """Let mpi-pytest's ``mpiexec`` children start from a parent that initialised MPI.
+
+    Once this process has called MPI_Init (Firedrake and petsc4py do, on import),
+    Open MPI's singleton mode has put OMPI_MCA_ess=singleton, PMIX_* and friends
+    into the C environment, and a child ``mpiexec`` that inherits them exits 1
+    without a word.  ``os.environ`` is Python's copy, taken before MPI_Init, so
+    handing it to the child explicitly gives it a clean environment.
+    """
+    import subprocess
+    import types
+
+    import pytest_mpi.plugin as plugin
+
+    def run(cmd, *args, **kwargs):
+        kwargs.setdefault("env", dict(os.environ))
+        return subprocess.run(cmd, *args, **kwargs)
+
+    plugin.subprocess = types.SimpleNamespace(
+        **{k: getattr(subprocess, k) for k in dir(subprocess) if not k.startswith("__")}
+    )
+    plugin.subprocess.run = run
+
+
+_scrub_singleton_mpi_env()
