@@ -298,7 +298,7 @@ class NeuralPCBase(PCBase):
         self._probe(path, n_local, rank)
         # A ksp_type set in the options database is checked here already; a
         # programmatic KSPSetType is checked in preSolve.
-        self.check_ksp(PETSc.Options(pc.getOptionsPrefix()).getString("ksp_type", None))
+        self.check_ksp(PETSc.Options(pc.getOptionsPrefix()).getString("ksp_type", ""))
 
     def update(self, pc: PETSc.PC) -> None:
         _, P = pc.getOperators()

@@ -31,12 +31,15 @@ tensor), ``"diagonal"`` (1-D), ``"coordinates"`` (``(n_nodes, dim)``, or
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import io
 import json
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +57,7 @@ __all__ = [
     "load_model",
     "content_hash",
     "atomic_write_bytes",
+    "quiet_jit",
 ]
 
 FORMAT = "petsc-neural-model"
@@ -132,6 +136,21 @@ class LoadedModel:
     path: str
 
 
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch 2.13's deprecation warning for ``torch.jit``.
+
+    TorchScript is still what PETSc-embedded and C++ consumers load and the
+    format this project ships (``torch.export`` archives need Python to run);
+    the warning is silenced only around our own script/save/load calls.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning
+        )
+        yield
+
+
 def content_hash(module: torch.jit.ScriptModule) -> str:
     """sha256 over the module's TorchScript code and every parameter/buffer.
 
@@ -181,14 +200,18 @@ def save_model(
     Fills in ``content_hash``, ``torch_version`` and ``created``; returns the
     metadata as written.
     """
-    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+    with quiet_jit():
+        scripted = (
+            module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+        )
     scripted = scripted.eval()
     metadata.torch_version = torch.__version__
     metadata.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     metadata.content_hash = content_hash(scripted)
     metadata.validate()
     buf = io.BytesIO()
-    torch.jit.save(scripted, buf, _extra_files={_META_NAME: metadata.to_json()})
+    with quiet_jit():
+        torch.jit.save(scripted, buf, _extra_files={_META_NAME: metadata.to_json()})
     atomic_write_bytes(path, buf.getvalue())
     return metadata
 
@@ -212,7 +235,8 @@ def load_model(
         raise ModelFileError(f"model file {path!r} is not a regular file")
     extra = {_META_NAME: ""}
     try:
-        module = torch.jit.load(path, map_location=device, _extra_files=extra)
+        with quiet_jit():
+            module = torch.jit.load(path, map_location=device, _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError for bad archives
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(

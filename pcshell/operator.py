@@ -8,6 +8,8 @@ per apply.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from petsc4py import PETSc
@@ -88,12 +90,16 @@ class LocalOperator:
         self._indptr = indptr
         self._indices = indices
         self.nnz = int(indptr[-1])
-        self.csr = torch.sparse_csr_tensor(
-            torch.from_numpy(indptr.astype(np.int64)),
-            torch.from_numpy(indices.astype(np.int64)),
-            torch.from_numpy(values).to(dtype),
-            size=(self.n_local, self.n_local),
-        ).to(self.device)
+        with warnings.catch_warnings():
+            # torch flags sparse CSR as "beta"; the invariants are checked once here.
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.csr = torch.sparse_csr_tensor(
+                torch.from_numpy(indptr.astype(np.int64)),
+                torch.from_numpy(indices.astype(np.int64)),
+                torch.from_numpy(values).to(dtype),
+                size=(self.n_local, self.n_local),
+                check_invariants=True,
+            ).to(self.device)
         self.diagonal = torch.from_numpy(P.getDiagonal().getArray(readonly=True).copy()).to(
             device=self.device, dtype=dtype
         )

@@ -1,4 +1,15 @@
-"""petsc-neural: learned preconditioners served inside PETSc."""
+"""petsc-neural: learned preconditioners served inside PETSc.
 
-__all__: list[str] = []
+Preconditioner classes (``-pc_type python -pc_python_type petsc_neural.<Name>``):
+
+- :class:`TorchScriptPC`: any TorchScript module with petsc-neural metadata.
+"""
+
+import logging
+
+from .torchscript_pc import TorchScriptPC
+
+__all__ = ["TorchScriptPC"]
 __version__ = "0.1.0"
+
+logging.getLogger("petsc_neural").addHandler(logging.NullHandler())

@@ -138,7 +138,8 @@ step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" env HDF5_MPI=ON CC=mpicc C
   "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
 # The project itself; re-run whenever its metadata changes.
 PROJ_HASH=$(cat setup.py pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
-step project "$STAMPS/project-$PROJ_HASH" $PIP install --no-build-isolation -e ".[test]" \
+step project "$STAMPS/project-$PROJ_HASH" $PIP install --no-build-isolation \
+  --config-settings editable_mode=compat -e ".[test]" \
   "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
 
 # Record where PETSc lives so the package, tests and the C tutorials find it.

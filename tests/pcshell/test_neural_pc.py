@@ -1,0 +1,248 @@
+"""NeuralPCBase served through petsc_neural.TorchScriptPC: exactness and the bad-input catalogue."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from pcshell_helpers import Jacobi, NonFinite, TiedMLP, laplacian, neural_ksp, rhs, save
+from petsc4py import PETSc
+
+from pcshell import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
+
+
+def solve(ksp, b):
+    x = b.duplicate()
+    ksp.setConvergenceHistory()
+    ksp.solve(b, x)
+    return x, ksp.getConvergenceHistory().copy()
+
+
+def jacobi_ksp(A, ksp_type):
+    ksp = PETSc.KSP().create(comm=A.getComm())
+    ksp.setOperators(A)
+    ksp.setType(ksp_type)
+    ksp.setTolerances(rtol=1e-10, max_it=500)
+    ksp.getPC().setType("jacobi")
+    return ksp
+
+
+def _assert_same_as_jacobi(model, ksp_type, n=24):
+    A = laplacian(n)
+    b = rhs(A)
+    _, h_ref = solve(jacobi_ksp(A, ksp_type), b)
+    ksp = neural_ksp(A, model, ksp_type)
+    x, h = solve(ksp, b)
+    assert ksp.getConvergedReason() > 0
+    assert len(h) == len(h_ref)  # same iteration count
+    # Same residual history to round-off (GMRES amplifies round-off late in the solve).
+    np.testing.assert_allclose(h, h_ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ksp_type", ["cg", "gmres"])
+def test_jacobi_model_matches_pc_jacobi(jacobi_model, ksp_type):
+    _assert_same_as_jacobi(jacobi_model, ksp_type)
+
+
+@pytest.mark.parallel(nprocs=2)
+@pytest.mark.parametrize("ksp_type", ["cg", "gmres"])
+def test_jacobi_model_matches_pc_jacobi_on_two_ranks(tmp_path, ksp_type):
+    assert PETSc.COMM_WORLD.size == 2
+    _assert_same_as_jacobi(save(Jacobi(), tmp_path / "j.pt", linear=True), ksp_type)
+
+
+def test_float32_model_costs_one_cast_and_still_converges(tmp_path):
+    model = save(Jacobi(), tmp_path / "j32.pt", linear=True, dtype="float32")
+    A = laplacian(16)
+    b = rhs(A)
+    _, h_ref = solve(jacobi_ksp(A, "fgmres"), b)
+    ksp = neural_ksp(A, model, "fgmres")
+    _, h = solve(ksp, b)
+    assert ksp.getConvergedReason() > 0
+    assert abs(len(h) - len(h_ref)) <= 1
+
+
+def test_zero_rhs_gives_zero_solution(jacobi_model):
+    A = laplacian(8)
+    b = A.createVecLeft()
+    b.zeroEntries()
+    ksp = neural_ksp(A, jacobi_model, "fgmres")
+    x, _ = solve(ksp, b)
+    assert ksp.getConvergedReason() > 0
+    assert x.norm() == 0.0
+
+
+def test_positive_homogeneity(tmp_path):
+    """With scaling on, a nonlinear network's apply satisfies P(a r) = a P(r) for a > 0."""
+    A = laplacian(4)
+    torch.manual_seed(0)
+    model = save(TiedMLP(16), tmp_path / "mlp.pt", inputs=["residual"])
+    ksp = neural_ksp(A, model, "fgmres")
+    ksp.setUp()
+    pc = ksp.getPC()
+    r = rhs(A, seed=3)
+    y1, y2 = r.duplicate(), r.duplicate()
+    pc.apply(r, y1)
+    r.scale(1e3)
+    pc.apply(r, y2)
+    np.testing.assert_allclose(y2.getArray(), 1e3 * y1.getArray(), rtol=1e-12)
+    r.zeroEntries()
+    pc.apply(r, y2)
+    assert y2.norm() == 0.0
+
+
+# ----------------------------------------------------------------- bad input catalogue
+def _setup_error(A, model, **opts):
+    with pytest.raises(PETSc.Error) as info:  # from KSPSetFromOptions or KSPSetUp
+        neural_ksp(A, model, **opts).setUp()
+    return info.value.__cause__
+
+
+def test_no_model_given():
+    err = _setup_error(laplacian(4), None)
+    assert isinstance(err, NeuralPCError)
+    assert "no model given: set -t_pc_neural_model" in str(err)
+
+
+def test_missing_model(tmp_path):
+    err = _setup_error(laplacian(4), str(tmp_path / "absent.pt"))
+    assert isinstance(err, ModelFileError) and "does not exist" in str(err)
+
+
+def test_corrupt_model(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a model")
+    err = _setup_error(laplacian(4), str(bad))
+    assert isinstance(err, ModelFileError) and "corrupt" in str(err)
+
+
+def test_wrong_method(tmp_path):
+    err = _setup_error(laplacian(4), save(Jacobi(), tmp_path / "m.pt", method="npo"))
+    assert isinstance(err, ModelMismatchError)
+    assert "holds a 'npo' model" in str(err)
+
+
+def test_size_mismatch_declared(tmp_path):
+    err = _setup_error(laplacian(4), save(Jacobi(), tmp_path / "m.pt", n=25))
+    assert isinstance(err, ModelMismatchError)
+    assert "made for 25 local rows, the operator has 16" in str(err)
+
+
+def test_size_mismatch_found_by_probe(tmp_path):
+    # No n in the metadata, but the network only works for 25 rows.
+    err = _setup_error(laplacian(4), save(TiedMLP(25), tmp_path / "m.pt", inputs=["residual"]))
+    assert isinstance(err, ModelMismatchError)
+    assert "fails on this operator (16 local rows" in str(err)
+
+
+def test_block_size_mismatch(tmp_path):
+    err = _setup_error(laplacian(4), save(Jacobi(), tmp_path / "m.pt", block_size=2))
+    assert isinstance(err, ModelMismatchError)
+    assert "block size 2, the operator has block size 1" in str(err)
+
+
+def test_dtype_mismatch_option(tmp_path):
+    model = save(Jacobi(), tmp_path / "m.pt", dtype="float32")
+    err = _setup_error(laplacian(4), model, pc_neural_dtype="float64")
+    assert isinstance(err, ModelMismatchError)
+    assert "computes in float32, but -t_pc_neural_dtype float64" in str(err)
+
+
+def test_dtype_mismatch_inside_file(tmp_path):
+    model = save(TiedMLP(16, dtype=torch.float32), tmp_path / "m.pt", inputs=["residual"])
+    err = _setup_error(laplacian(4), model)
+    assert isinstance(err, ModelMismatchError)
+    assert "declares dtype float64, but its tensor" in str(err)
+
+
+def test_cuda_without_gpu(jacobi_model):
+    assert not torch.cuda.is_available()  # this machine: CPU-only torch
+    err = _setup_error(laplacian(4), jacobi_model, pc_neural_device="cuda")
+    assert isinstance(err, NeuralPCError)
+    assert "-pc_neural_device cuda was asked for, but CUDA is not available" in str(err)
+
+
+def test_bad_option_value(jacobi_model):
+    err = _setup_error(laplacian(4), jacobi_model, pc_neural_on_failure="ignore")
+    assert "on_failure must be error or fallback, got 'ignore'" in str(err)
+
+
+@pytest.mark.parametrize("how", ["options", "programmatic"])
+def test_nonlinear_model_refused_under_cg(tmp_path, how):
+    model = save(TiedMLP(16), tmp_path / "m.pt", inputs=["residual"])
+    A = laplacian(4)
+    opts = {"ksp_type": "cg"} if how == "options" else {}
+    ksp = neural_ksp(A, model, "cg", **opts)
+    b = rhs(A)
+    with pytest.raises(PETSc.Error) as info:
+        ksp.solve(b, b.duplicate())
+    err = info.value.__cause__
+    assert isinstance(err, NeuralPCError)
+    assert "nonlinear in the residual" in str(err) and "use -ksp_type fgmres or fcg" in str(err)
+
+
+def test_nonlinear_model_allowed_under_cg_when_asked(tmp_path, caplog):
+    model = save(TiedMLP(16), tmp_path / "m.pt", inputs=["residual"])
+    A = laplacian(4)
+    ksp = neural_ksp(A, model, "cg", pc_neural_allow_nonlinear_cg="true")
+    ksp.setTolerances(max_it=5)
+    b = rhs(A)
+    with caplog.at_level(logging.WARNING, logger="petsc_neural"):
+        ksp.solve(b, b.duplicate())
+    assert "convergence is not guaranteed" in caplog.text
+
+
+def test_nonfinite_output_error(tmp_path):
+    A = laplacian(4)
+    ksp = neural_ksp(A, save(NonFinite(16), tmp_path / "nan.pt"))
+    b = rhs(A)
+    with pytest.raises(PETSc.Error) as info:
+        ksp.solve(b, b.duplicate())
+    err = info.value.__cause__
+    assert isinstance(err, NonFiniteOutputError)
+    assert "returned non-finite values (NaN/Inf)" in str(err)
+    assert "-t_pc_neural_on_failure fallback" not in str(err)  # names the common option
+    assert "-pc_neural_on_failure fallback" in str(err)
+
+
+def test_nonfinite_output_fallback(tmp_path, caplog):
+    A = laplacian(8)
+    b = rhs(A)
+    _, h_ref = solve(jacobi_ksp(A, "fgmres"), b)
+    ksp = neural_ksp(A, save(NonFinite(64), tmp_path / "nan.pt"),
+                     pc_neural_on_failure="fallback")
+    with caplog.at_level(logging.WARNING, logger="petsc_neural"):
+        x, h = solve(ksp, b)
+    assert ksp.getConvergedReason() > 0
+    assert len(h) == len(h_ref)  # the fallback is jacobi: same iterations
+    assert caplog.text.count("falling back") == 1  # warned once, not per apply
+
+
+@pytest.mark.parallel(nprocs=2)
+@pytest.mark.parametrize("policy", ["error", "fallback"])
+def test_nonfinite_on_one_rank_does_not_hang(tmp_path, policy):
+    comm = PETSc.COMM_WORLD
+    # Rank 0 owns 30 rows, rank 1 owns 34: only rank 1's network fails.
+    A = laplacian(8, local_rows=30 if comm.rank == 0 else 34)
+    b = rhs(A)
+    ksp = neural_ksp(A, save(NonFinite(34), tmp_path / "nan.pt"), pc_neural_on_failure=policy)
+    x = b.duplicate()
+    if policy == "error":
+        with pytest.raises(PETSc.Error) as info:
+            ksp.solve(b, x)
+        assert "on rank(s) [1]" in str(info.value.__cause__)  # both ranks raise, same text
+    else:
+        ksp.solve(b, x)
+        assert ksp.getConvergedReason() > 0
+
+
+def test_view_shows_model_device_and_options(jacobi_model):
+    A = laplacian(4)
+    ksp = neural_ksp(A, jacobi_model, "cg")
+    ksp.setUp()
+    viewer = PETSc.Viewer().createASCII("/dev/null")
+    ksp.view(viewer)  # must not raise; the text itself:
+    lines = ksp.getPC().getPythonContext().view_details(ksp.getPC())
+    text = "\n".join(lines)
+    assert jacobi_model in text and "device cpu" in text and "dtype float64" in text
+    assert "on_failure=error" in text
