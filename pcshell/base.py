@@ -22,8 +22,8 @@ import torch
 from petsc4py import PETSc
 
 from .bridge import is_device_vec, vec_to_tensor
-from .errors import ModelMismatchError, NeuralPCError, NonFiniteOutputError
-from .modelfile import LoadedModel, load_model
+from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
+from .modelfile import INPUT_NAMES, LoadedModel, load_model
 from .operator import LocalOperator
 
 __all__ = ["PCBase", "NeuralPCBase", "FLEXIBLE_KSP_TYPES", "FIXED_SPD_KSP_TYPES", "log_event"]
@@ -290,12 +290,13 @@ class NeuralPCBase(PCBase):
         self.device = device
         self.dtype = dtype
         self.nonlinear = not meta.linear
+        self.check_inputs(path, meta.inputs)
         self.op = LocalOperator(P, dtype=dtype, device=device, pc=pc)
-        self._static = self.op.inputs(meta.inputs[1:])
+        self._static = self.static_inputs()
         self._alloc_buffers(n_local)
         self.build(pc)
         self._setup_fallback(pc)
-        self._probe(path, n_local, rank)
+        self.probe(path, n_local, rank)
         # A ksp_type set in the options database is checked here already; a
         # programmatic KSPSetType is checked in preSolve.
         self.check_ksp(PETSc.Options(pc.getOptionsPrefix()).getString("ksp_type", ""))
@@ -307,11 +308,15 @@ class NeuralPCBase(PCBase):
             self.initialize(pc)
             return
         self.op.refresh(P)
-        self._static = self.op.inputs(self.model.metadata.inputs[1:])
+        self._static = self.static_inputs()
         self._fallback_active = False
         if self.fallback is not None:
             self.fallback.setOperators(*pc.getOperators())
         self.build(pc)
+
+    def static_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The network's inputs after the residual, built at setup (not per apply)."""
+        return self.op.inputs(self.model.metadata.inputs[1:])
 
     def build(self, pc: PETSc.PC) -> None:
         """Method-specific setup after the model and operator are ready."""
@@ -338,7 +343,19 @@ class NeuralPCBase(PCBase):
         self.fallback.setUp()
         self._fallback_active = False
 
-    def _probe(self, path: str, n_local: int, rank: int) -> None:
+    def check_inputs(self, path: str, inputs: list[str]) -> None:
+        """Per-apply networks take the residual first, then known operator inputs."""
+        if not inputs or inputs[0] != "residual":
+            raise ModelFileError(
+                f"model {path!r}: inputs must start with 'residual', got {inputs}"
+            )
+        unknown = [name for name in inputs if name not in INPUT_NAMES]
+        if unknown:
+            raise ModelFileError(
+                f"model {path!r}: unknown inputs {unknown}; known: {list(INPUT_NAMES)}"
+            )
+
+    def probe(self, path: str, n_local: int, rank: int) -> None:
         """Run the network once at setup so a shape mismatch is caught here."""
         r = torch.ones(n_local, dtype=self.dtype, device=self.device)
         if n_local:

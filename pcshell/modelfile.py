@@ -22,11 +22,13 @@ Metadata schema (format version 1)::
       "torch_version": "2.13.0", "created": "2026-...Z"
     }
 
-``inputs`` names, in order, what ``forward`` receives; the first is always
+``inputs`` names, in order, what ``forward`` receives.  For a network applied
+per Krylov iteration (:class:`pcshell.NeuralPCBase`) the first is always
 ``"residual"`` (a 1-D tensor of the local rows).  The others are taken from the
 operator once at setup: ``"operator"`` (local diagonal block as a sparse CSR
 tensor), ``"diagonal"`` (1-D), ``"coordinates"`` (``(n_nodes, dim)``, or
 ``(0, 0)`` when the problem has none), ``"near_nullspace"`` (``(n, k)``).
+Methods that run their network only at setup document their own inputs.
 """
 
 from __future__ import annotations
@@ -95,11 +97,8 @@ class ModelMetadata:
             )
         if self.dtype not in _DTYPES:
             raise ModelFileError(f"model dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")
-        if not self.inputs or self.inputs[0] != "residual":
-            raise ModelFileError(f"model inputs must start with 'residual', got {self.inputs}")
-        unknown = [name for name in self.inputs if name not in INPUT_NAMES]
-        if unknown:
-            raise ModelFileError(f"unknown model inputs {unknown}; known: {list(INPUT_NAMES)}")
+        if not isinstance(self.inputs, list) or not all(isinstance(i, str) for i in self.inputs):
+            raise ModelFileError(f"model inputs must be a list of names, got {self.inputs!r}")
         if int(self.block_size) < 1:
             raise ModelFileError(f"block size must be >= 1, got {self.block_size}")
 

@@ -116,6 +116,15 @@ def test_corrupt_model(tmp_path):
     assert isinstance(err, ModelFileError) and "corrupt" in str(err)
 
 
+@pytest.mark.parametrize(
+    "inputs, message",
+    [(["diagonal"], "must start with 'residual'"), (["residual", "pressure"], "unknown inputs")],
+)
+def test_bad_inputs(tmp_path, inputs, message):
+    err = _setup_error(laplacian(4), save(Jacobi(), tmp_path / "m.pt", inputs=inputs))
+    assert isinstance(err, ModelFileError) and message in str(err)
+
+
 def test_wrong_method(tmp_path):
     err = _setup_error(laplacian(4), save(Jacobi(), tmp_path / "m.pt", method="npo"))
     assert isinstance(err, ModelMismatchError)
