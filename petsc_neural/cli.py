@@ -5,6 +5,8 @@ stays a thin dispatcher:
 
 ``petsc-neural demo``
     The main job (see :mod:`petsc_neural.demo`).
+``petsc-neural train METHOD ...``
+    Train and export a model (:mod:`petsc_neural.train_cli`).
 ``petsc-neural problems ...`` / ``petsc-neural data ...``
     PDE families and datasets (:mod:`firedrake_problems.cli`).
 """
@@ -23,6 +25,7 @@ __all__ = ["main", "build_parser"]
 # ``petsc-neural --help`` does not import Firedrake.
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "petsc_neural.demo",
+    "petsc_neural.train_cli",
     "firedrake_problems.cli",
 )
 
