@@ -16,6 +16,7 @@ classical fallback PC.  See its docstring for the options.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -159,9 +160,11 @@ class NeuralPCBase(PCBase):
         ``-pc_neural_fallback_`` (default ``-pc_neural_fallback_pc_type
         jacobi``).
     ``-pc_neural_scale true|false``
-        Scale the residual to unit 2-norm before the network and back after
-        (default ``true``): the applied map is then positively homogeneous and
-        maps zero to zero, as Krylov methods assume.
+        Scale the residual to unit 2-norm before a nonlinear network and back
+        after (default ``true``): the applied map is then positively
+        homogeneous and maps zero to zero, as Krylov methods assume.  (A model
+        whose metadata says ``linear`` is homogeneous already and is called
+        on the Vec's memory directly.)
     ``-pc_neural_allow_nonlinear_cg true|false``
         Let a network that is nonlinear in the residual run under CG-type
         methods (default ``false``: refused with a pointer to ``fgmres``/``fcg``).
@@ -294,6 +297,11 @@ class NeuralPCBase(PCBase):
         self.op = LocalOperator(P, dtype=dtype, device=device, pc=pc)
         self._static = self.static_inputs()
         self._alloc_buffers(n_local)
+        # A linear network is positively homogeneous already: scaling it is a no-op
+        # that would cost a pass over the residual, so only nonlinear ones are scaled.
+        self._scale = bool(self.opts["scale"]) and self.nonlinear
+        self._parallel = pc.getComm().getSize() > 1
+        self._mpi_comm = pc.getComm().tompi4py() if self._parallel else None
         self.build(pc)
         self._setup_fallback(pc)
         self.probe(path, n_local, rank)
@@ -410,41 +418,46 @@ class NeuralPCBase(PCBase):
             if self._fallback_active:
                 self.fallback.apply(x, y)
                 return
-            r = vec_to_tensor(x, "r")
+            r = vec_to_tensor(x, "r")  # zero copy: the Vec's own memory
             out_t = vec_to_tensor(y, "w")
-            on_device = self.device.type == "cuda"
-            if on_device and not is_device_vec(x):
+            h2d = self.device.type == "cuda" and not is_device_vec(x)
+            if h2d:
                 with log_event("PCNeuralHtoD"):
-                    self._in.copy_(r, non_blocking=True)
-                src = self._in
+                    self._in.copy_(r, non_blocking=True)  # the one host->device copy
+                inp = self._in
+            elif r.dtype != self.dtype:
+                self._in.copy_(r)  # the one cast (float32 model)
+                inp = self._in
             else:
-                src = r
+                inp = r  # float64 on the Vec's device: the network reads the Vec itself
             scale = 1.0
-            if self.opts["scale"]:
-                scale = float(torch.linalg.vector_norm(src))
+            if self._scale:
+                scale = float(torch.linalg.vector_norm(r))
                 if scale == 0.0:  # zero in, zero out
                     out_t.zero_()
                     return
-                if scale != scale or scale == float("inf"):
+                if not math.isfinite(scale):
                     # Non-finite residual: not the network's fault; let KSP see it.
                     out_t.copy_(r)
                     return
-                torch.div(src, scale, out=self._in)
-            elif src is not self._in:
-                self._in.copy_(src)  # the one cast (float32) or no-op-sized copy
+                if inp is r:
+                    torch.div(r, scale, out=self._in)  # never write into x
+                    inp = self._in
+                else:
+                    inp.div_(scale)
             with log_event("PCNeuralInfer"), torch.inference_mode():
-                z = self.model.module(self._in, *self._static)
+                z = self.model.module(inp, *self._static)
             ok = bool(torch.isfinite(z).all())
-            if pc.getComm().getSize() > 1:
-                ok = pc.getComm().tompi4py().allreduce(ok, op=_mpi_land())
+            if self._parallel:
+                ok = self._mpi_comm.allreduce(ok, op=_mpi_land())
             if not ok:
                 self._on_failure(pc, x, y, z)
                 return
-            if on_device and not is_device_vec(y):
+            if self.device.type == "cuda" and not is_device_vec(y):
                 with log_event("PCNeuralDtoH"):
-                    self._host_out.copy_(z)
+                    self._host_out.copy_(z)  # the one device->host copy
                 z = self._host_out
-            out_t.copy_(z)  # the one write (and, for float32, the one cast)
+            out_t.copy_(z)  # the one write into y (and, for float32, the one cast back)
             if scale != 1.0:
                 out_t.mul_(scale)
 
