@@ -7,6 +7,8 @@ stays a thin dispatcher:
     The main job (see :mod:`petsc_neural.demo`).
 ``petsc-neural train METHOD ...``
     Train and export a model (:mod:`petsc_neural.train_cli`).
+``petsc-neural bench ...``
+    Compare preconditioners (:mod:`petsc_neural.bench`).
 ``petsc-neural problems ...`` / ``petsc-neural data ...``
     PDE families and datasets (:mod:`firedrake_problems.cli`).
 """
@@ -17,6 +19,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -26,6 +29,7 @@ __all__ = ["main", "build_parser"]
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "petsc_neural.demo",
     "petsc_neural.train_cli",
+    "petsc_neural.bench",
     "firedrake_problems.cli",
 )
 
@@ -50,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # petsc4py is initialised (by pcshell) before Firedrake imports; Firedrake then
+    # warns that its own PETSc initialisation options are ignored.  Harmless here.
+    warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc")
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
