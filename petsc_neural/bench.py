@@ -420,7 +420,8 @@ def markdown(results: Mapping[str, Any]) -> str:
                 + f" | {ratio} | {c['rel_residual']:.2e} | {c['reason']} |"
             )
         for p in results["paper"]:
-            if p["family"] == family and p["size"] == size and p["ksp"] == ksp:
+            same_rtol = p.get("rtol") in (None, results["config"]["rtol"])
+            if p["family"] == family and p["size"] == size and p["ksp"] == ksp and same_rtol:
                 tcell = f"{p['time']}" if p.get("time") is not None else ""
                 lines.append(f"| {p['pc']} (paper: {p['source']}) | {p['iterations']} | | | "
                              f"{tcell} | | | |")
