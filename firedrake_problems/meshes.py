@@ -94,11 +94,15 @@ def _label_square_faces(plex: PETSc.DMPlex, tol: float) -> None:
     """Mark the boundary faces of a [0,1]^2 plex like UnitSquareMesh does."""
     plex.createLabel(FACE_SETS)
     plex.markBoundaryFaces("boundary_faces")
-    if plex.getStratumSize("boundary_faces", 1) == 0:
-        return
+    # Collective calls first (ranks without cells have no boundary faces).
     coords = plex.getCoordinates()
     coord_sec = plex.getCoordinateSection()
-    for face in plex.getStratumIS("boundary_faces", 1).getIndices():
+    faces = (
+        plex.getStratumIS("boundary_faces", 1).getIndices()
+        if plex.getStratumSize("boundary_faces", 1) > 0
+        else []
+    )
+    for face in faces:
         fc = plex.vecGetClosure(coord_sec, coords, face).reshape(-1, 2)
         if np.all(np.abs(fc[:, 0]) < tol):
             plex.setLabelValue(FACE_SETS, face, 1)
@@ -108,6 +112,7 @@ def _label_square_faces(plex: PETSc.DMPlex, tol: float) -> None:
             plex.setLabelValue(FACE_SETS, face, 3)
         elif np.all(np.abs(fc[:, 1] - 1.0) < tol):
             plex.setLabelValue(FACE_SETS, face, 4)
+    plex.removeLabel("boundary_faces")
 
 
 def jittered_points(size: int, seed: int, jitter: float = 0.25) -> np.ndarray:

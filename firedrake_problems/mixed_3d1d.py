@@ -340,7 +340,7 @@ def mixed_3d1d(
         kappa * ufl.inner(ufl.grad(u3), ufl.grad(v3)) * ufl.dx, bcs=[bc3], mat_type="aij"
     ).petscmat
     A11 = fd.assemble(
-        (area * kappa_1d * ufl.inner(ufl.grad(u1), ufl.grad(v1)) + c * u1 * v1) * ufl.dx,
+        area * kappa_1d * ufl.inner(ufl.grad(u1), ufl.grad(v1)) * ufl.dx,
         bcs=bcs1,
         mat_type="aij",
     ).petscmat
@@ -372,7 +372,7 @@ def mixed_3d1d(
     A33.axpy(c, PtMP, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
     A13 = MPi.copy()
     A13.scale(-c)
-    A31 = A13.transpose()
+    A31 = A13.transpose(PETSc.Mat())  # (out=None would transpose in place)
     A11c = A11.duplicate(copy=True)
     A11c.axpy(c, M, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
     nest = PETSc.Mat().createNest([[A33, A31], [A13, A11c]], comm=comm)
