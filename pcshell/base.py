@@ -204,6 +204,10 @@ class NeuralPCBase(PCBase):
         """Path of a shipped model used when ``-pc_neural_model`` is not given."""
         return None
 
+    def load_model(self, path: str, device: torch.device) -> LoadedModel:
+        """Load and validate the model file (a subclass may cache it)."""
+        return load_model(path, device=device, method=self.method)
+
     def read_options(self, pc: PETSc.PC) -> dict[str, Any]:
         """Read (and mark as used) this class's options; never called per apply."""
         prefix = self.options_prefix(pc)
@@ -260,7 +264,7 @@ class NeuralPCBase(PCBase):
             raise NeuralPCError(
                 f"no model given: set -{prefix}model FILE ({type(self).__name__} ships none)"
             )
-        model = load_model(path, device=device, method=self.method)
+        model = self.load_model(path, device)
         meta = model.metadata
         dtype = meta.torch_dtype
         if self.opts["dtype"] != "auto" and self.opts["dtype"] != meta.dtype:

@@ -3,13 +3,15 @@
 Preconditioner classes (``-pc_type python -pc_python_type petsc_neural.<Name>``):
 
 - :class:`TorchScriptPC`: any TorchScript module with petsc-neural metadata.
+- :class:`NeuraLSP`: learned two-level coarse space (seed 001) served as PETSc's PCMG.
 """
 
 import logging
 
+from .neuralsp import NeuraLSP
 from .torchscript_pc import TorchScriptPC
 
-__all__ = ["TorchScriptPC"]
+__all__ = ["TorchScriptPC", "NeuraLSP"]
 __version__ = "0.1.0"
 
 logging.getLogger("petsc_neural").addHandler(logging.NullHandler())

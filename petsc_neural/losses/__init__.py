@@ -1,0 +1,1 @@
+"""petsc-neural losses (pure torch, scriptable; no petsc4py, no Firedrake)."""

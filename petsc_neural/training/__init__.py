@@ -1,0 +1,1 @@
+"""Training of the petsc-neural methods (one module per method; may use firedrake_problems)."""

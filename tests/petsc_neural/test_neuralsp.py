@@ -1,0 +1,253 @@
+"""NeuraLSP (seed 001): NLSS loss, networks, the PETSc smoothed vectors, the served PCMG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from neuralsp_helpers import pc_matrix, problem, scipy_matrix, solve, two_level_cycle
+from petsc4py import PETSc
+
+from pcshell import ModelMismatchError, NeuralPCError
+from petsc_neural.losses.neuralsp import captured_energy, nlss_loss, subspace_loss
+from petsc_neural.networks.neuralsp import LocalSubspaceNet, NeuraLSPMLP
+from petsc_neural.neuralsp import aggregate, local_block_csr, smoothed_vectors, svd_basis
+from petsc_neural.training.neuralsp import TrainConfig, export, train
+
+
+def _matrix_with_spectrum(n=30, K=12, seed=0):
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, K)))
+    V, _ = np.linalg.qr(rng.standard_normal((K, K)))
+    sigma = np.geomspace(10.0, 0.1, K)  # distinct: Corollary 4.2 applies
+    return U * sigma @ V.T
+
+
+def _random_orthonormal(n, k, rng):
+    return np.linalg.qr(rng.standard_normal((n, k)))[0]
+
+
+# ----------------------------------------------------------------------------- losses
+def test_nlss_loss_is_minimised_by_numpy_svd_leading_vectors():
+    k = 5
+    S = _matrix_with_spectrum()
+    U = np.linalg.svd(S)[0][:, :k]
+    St = torch.from_numpy(S)
+    best = float(nlss_loss(torch.from_numpy(U), St))
+    # Closed form at the optimum (proof of Theorem 4.1): mean over l of the
+    # energy left outside the leading l singular directions.
+    sig2 = np.linalg.svd(S, compute_uv=False) ** 2
+    expected = np.mean([1 - sig2[: j + 1].sum() / sig2.sum() for j in range(k)])
+    assert best == pytest.approx(expected, rel=1e-12)
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):  # no orthonormal basis does better
+        Q = _random_orthonormal(S.shape[0], k, rng)
+        assert float(nlss_loss(torch.from_numpy(Q), St)) > best
+    # Same subspace, other order or rotated: the subspace loss cannot tell, NLSS can.
+    R = _random_orthonormal(k, k, rng)
+    for Q in (U[:, ::-1].copy(), U @ R):
+        Qt = torch.from_numpy(Q)
+        assert float(subspace_loss(Qt, St)) == pytest.approx(
+            float(subspace_loss(torch.from_numpy(U), St)), abs=1e-12)
+        assert float(nlss_loss(Qt, St)) > best + 1e-3
+
+
+def test_minimising_nlss_recovers_singular_vectors_in_order():
+    """Gradient descent on the Stiefel manifold (QR parametrisation) finds U_k up to signs."""
+    k = 4
+    S = torch.from_numpy(_matrix_with_spectrum(n=20, K=10, seed=3))
+    torch.manual_seed(0)
+    X = torch.randn(20, k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([X], lr=0.02)
+    for _ in range(1500):
+        Q, _ = torch.linalg.qr(X)
+        loss = nlss_loss(Q, S)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    Q = torch.linalg.qr(X)[0].detach().numpy()
+    U = np.linalg.svd(S.numpy())[0][:, :k]
+    np.testing.assert_allclose(np.abs(np.sum(Q * U, axis=0)), 1.0, atol=1e-6)
+
+
+def test_captured_energy_is_cumulative_and_reaches_one_at_full_rank():
+    S = torch.from_numpy(_matrix_with_spectrum(n=15, K=6))
+    U = torch.linalg.svd(S, full_matrices=False)[0]
+    e = captured_energy(U, S)
+    assert torch.all(e[1:] >= e[:-1])
+    assert float(e[-1]) == pytest.approx(1.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_paper_mlp_output_is_orthonormal_and_scriptable(dtype, tol):
+    torch.manual_seed(0)
+    net = torch.jit.script(NeuraLSPMLP(50, 8, 6, widths=(16, 32, 32, 16)).to(dtype))
+    for S in (torch.randn(50, 8, dtype=dtype), torch.randn(3, 50, 8, dtype=dtype)):
+        Q = net(S).detach()
+        assert Q.shape[-2:] == (50, 6)
+        eye = torch.eye(6, dtype=dtype)
+        assert float((Q.transpose(-1, -2) @ Q - eye).abs().max()) < tol
+    with pytest.raises(Exception, match="built for S of shape"):
+        net(torch.randn(49, 8, dtype=dtype))
+
+
+def test_local_net_orthonormal_masked_and_column_permutation_invariant():
+    torch.manual_seed(0)
+    net = torch.jit.script(LocalSubspaceNet(3).double())
+    S = torch.randn(6, 9, 12, dtype=torch.float64)
+    mask = torch.ones(6, 9, dtype=torch.float64)
+    mask[0, 5:] = 0.0  # a smaller aggregate, padded
+    Q = net(S, mask)
+    assert float(Q[0, 5:].abs().max()) == 0.0
+    for b in range(6):
+        assert float((Q[b].T @ Q[b] - torch.eye(3, dtype=torch.float64)).abs().max()) < 1e-12
+    perm = torch.randperm(12)
+    torch.testing.assert_close(net(S[:, :, perm] * 3.0, mask), Q, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- PETSc pieces
+def test_smoothed_vectors_are_damped_jacobi_sweeps():
+    A = problem("diffusion", 6).A
+    S = smoothed_vectors(A, 5, sweeps=3, omega=0.66, seed=4)
+    M = scipy_matrix(A)
+    S0 = np.random.default_rng([4, 0]).standard_normal((M.shape[0], 5))
+    E = np.eye(M.shape[0]) - 0.66 * M / np.diag(M)[:, None]
+    ref = np.linalg.matrix_power(E, 3) @ S0
+    np.testing.assert_allclose(S, ref / np.linalg.norm(ref, axis=0), rtol=1e-10, atol=1e-13)
+
+
+def test_svd_basis_spans_numpy_leading_subspace():
+    S = _matrix_with_spectrum(n=40, K=12)
+    U = svd_basis(S, 5, PETSc.COMM_SELF)
+    ref = np.linalg.svd(S)[0][:, :5]
+    np.testing.assert_allclose(U.T @ U, np.eye(5), atol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(U * ref, axis=0)), 1.0, atol=1e-10)
+
+
+def test_aggregation_covers_interior_and_skips_dirichlet_rows():
+    A = problem("diffusion", 8).A
+    agg, n_agg = aggregate(local_block_csr(A))
+    M = scipy_matrix(A)
+    dirichlet = np.array([np.count_nonzero(M[i]) == 1 for i in range(M.shape[0])])
+    assert np.all(agg[dirichlet] == -1) and np.all(agg[~dirichlet] >= 0)
+    sizes = np.bincount(agg[agg >= 0])
+    assert sizes.size == n_agg and sizes.min() >= 1
+    assert 3 <= np.mean(sizes) <= 20  # distance-1 aggregates of a P1 mesh
+
+
+# ----------------------------------------------------------------------------- the PC
+def test_pcmg_from_exact_svd_matches_handwritten_two_level_cycle():
+    p = problem("diffusion", 8, seed=2)
+    _, ksp = solve(p, pc_neuralsp_basis="svd", pc_neuralsp_rank=10, pc_neuralsp_vectors=16)
+    ctx = ksp.getPC().getPythonContext()
+    assert ctx.coarse_size == 10 and ctx.mg.getType() == "mg"
+    A = scipy_matrix(p.A)
+    S = smoothed_vectors(p.A, 16, 10, 0.66, seed=0)
+    U = np.linalg.svd(S, full_matrices=False)[0][:, :10]
+    r = np.random.default_rng(0).standard_normal(A.shape[0])
+    x, y = p.A.createVecs()
+    x.setArray(r)
+    ksp.getPC().apply(x, y)
+    np.testing.assert_allclose(y.getArray(), two_level_cycle(A, U, r), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("basis", ["svd", "local_svd"])
+def test_served_pc_is_symmetric_and_cg_converges(basis):
+    p = problem("anisotropic", 8, seed=5)
+    _, ksp_j = p.solve({"ksp_type": "cg", "ksp_rtol": 1e-6, "ksp_norm_type": "unpreconditioned",
+                        "pc_type": "jacobi"})
+    x, ksp = solve(p, pc_neuralsp_basis=basis, pc_neuralsp_vectors=16, pc_neuralsp_rank=8
+                   if basis == "svd" else 2)
+    assert ksp.getConvergedReason() > 0
+    assert ksp.getIterationNumber() < ksp_j.getIterationNumber() / 2
+    r = p.b.duplicate()
+    p.A.mult(x, r)
+    r.aypx(-1.0, p.b)
+    assert r.norm() <= 1e-6 * p.b.norm() * 1.0001
+    M = pc_matrix(ksp.getPC(), p.A.getSize()[0])
+    assert np.abs(M - M.T).max() <= 1e-10 * np.abs(M).max()
+    assert np.linalg.eigvalsh(0.5 * (M + M.T)).min() > 0  # SPD: valid for CG
+
+
+def _tiny_global(tmp_path, loss="nlss", steps=80):
+    cfg = TrainConfig(family="diffusion", variant="global", size=6, n_vectors=12, rank=8,
+                      steps=steps, train_problems=3, widths=(32, 32), dtype="float64", loss=loss)
+    net, hist = train(cfg, log_every=0)
+    path = str(tmp_path / f"g_{loss}.pt")
+    export(net, path, cfg, net.n, hist)
+    return path, hist
+
+
+def test_trained_paper_model_is_served_and_shown_by_ksp_view(tmp_path):
+    path, hist = _tiny_global(tmp_path)
+    assert np.mean(hist[-10:]) < np.mean(hist[:10])  # it learns
+    p = problem("diffusion", 6, seed=11)  # not a training matrix
+    _, ksp = solve(p, pc_neural_model=path, pc_neuralsp_rank=6,
+                   neuralsp_mg_levels_ksp_max_it=3)
+    assert ksp.getConvergedReason() > 0
+    ctx = ksp.getPC().getPythonContext()
+    assert ctx.coarse_size == 6 and ctx.variant == "global"
+    M = pc_matrix(ksp.getPC(), p.A.getSize()[0])
+    assert np.abs(M - M.T).max() <= 1e-10 * np.abs(M).max()
+    out = tmp_path / "view.txt"
+    viewer = PETSc.Viewer().createASCII(str(out), comm=PETSc.COMM_SELF)
+    ksp.view(viewer)
+    viewer.destroy()
+    text = out.read_text()
+    assert "petsc_neural NeuraLSP" in text and "method: neuralsp" in text
+    assert "type: mg" in text and "neuralsp_mg_levels_" in text
+    assert "maximum iterations=3" in text  # the inner PCMG took its own option
+    with pytest.raises(PETSc.Error):  # trained to rank 8: 9 columns do not exist
+        solve(p, pc_neural_model=path, pc_neuralsp_rank=9)
+    with pytest.raises(PETSc.Error):  # a global model is tied to its mesh size
+        solve(problem("diffusion", 7), pc_neural_model=path)
+
+
+def test_option_errors_name_the_problem():
+    from petsc_neural import NeuraLSP
+
+    pc = PETSc.PC().create(comm=PETSc.COMM_SELF)
+    pc.setOptionsPrefix("t_nsp_")
+    opts = PETSc.Options()
+    opts["t_nsp_pc_neuralsp_basis"] = "eigen"
+    try:
+        with pytest.raises(NeuralPCError, match="basis must be model, svd or local_svd"):
+            NeuraLSP().read_options(pc)
+    finally:
+        opts.delValue("t_nsp_pc_neuralsp_basis")
+    assert issubclass(ModelMismatchError, NeuralPCError)
+
+
+def test_local_model_transfers_to_a_finer_mesh(tmp_path):
+    cfg = TrainConfig(family="diffusion", variant="local", size=8, n_vectors=12, rank=3,
+                      steps=150, train_problems=2, dtype="float64", batch_aggregates=128)
+    net, hist = train(cfg, log_every=0)
+    path = str(tmp_path / "local.pt")
+    export(net, path, cfg, None, hist)
+    its = {}
+    for size in (8, 16):
+        p = problem("diffusion", size, seed=21)
+        _, ksp = solve(p, pc_neural_model=path, pc_neuralsp_rank=2)
+        assert ksp.getConvergedReason() > 0
+        its[size] = ksp.getIterationNumber()
+        _, ksp_svd = solve(p, pc_neuralsp_basis="local_svd", pc_neuralsp_rank=2)
+        # The learned local map is as good a coarse space as Chow's local SVD (±30%).
+        assert its[size] <= 1.3 * ksp_svd.getIterationNumber() + 1
+    assert its[16] <= 1.5 * its[8] + 2  # mesh-size robust two-level method
+
+
+@pytest.mark.parallel(nprocs=2)
+@pytest.mark.parametrize("basis", ["local_svd", "svd"])
+def test_two_ranks_iterations_within_ten_percent_of_serial(basis):
+    assert PETSc.COMM_WORLD.size == 2
+    opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=2 if basis == "local_svd" else 24,
+                pc_neuralsp_vectors=12 if basis == "local_svd" else 32)
+    its = []
+    for comm in (PETSc.COMM_SELF.tompi4py(), PETSc.COMM_WORLD.tompi4py()):
+        _, ksp = solve(problem("diffusion", 24, seed=3, comm=comm), **opts)
+        assert ksp.getConvergedReason() > 0
+        its.append(ksp.getIterationNumber())
+    serial, parallel = its
+    assert abs(parallel - serial) <= max(1, 0.1 * serial), its
