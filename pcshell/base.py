@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from petsc4py import PETSc
 
 from .bridge import is_device_vec, vec_to_tensor
 from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
 from .modelfile import INPUT_NAMES, LoadedModel, load_model
-from .operator import LocalOperator
+from .operator import LocalOperator, enable_pc_set_coordinates
 
 __all__ = ["PCBase", "NeuralPCBase", "FLEXIBLE_KSP_TYPES", "FIXED_SPD_KSP_TYPES", "log_event"]
 
@@ -79,6 +81,16 @@ class PCBase:
     # -- petsc4py python-PC protocol -------------------------------------------------
     def create(self, pc: PETSc.PC) -> None:
         self.pc = pc
+        # PCSetCoordinates on a python PC is a no-op unless we compose it.
+        self.pc_coordinates: np.ndarray | None = None
+        ref = weakref.ref(self)
+
+        def store(coords: np.ndarray) -> None:
+            ctx = ref()
+            if ctx is not None:
+                ctx.pc_coordinates = coords
+
+        self._setcoords_cb = enable_pc_set_coordinates(pc, store)
 
     def setUp(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
         self.pc = pc
@@ -298,7 +310,8 @@ class NeuralPCBase(PCBase):
         self.dtype = dtype
         self.nonlinear = not meta.linear
         self.check_inputs(path, meta.inputs)
-        self.op = LocalOperator(P, dtype=dtype, device=device, pc=pc)
+        self.op = LocalOperator(P, dtype=dtype, device=device, pc=pc,
+                                coordinates=getattr(self, "pc_coordinates", None))
         self._static = self.static_inputs()
         self._alloc_buffers(n_local)
         # A linear network is positively homogeneous already: scaling it is a no-op

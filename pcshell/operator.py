@@ -8,7 +8,11 @@ per apply.
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,7 +20,13 @@ from petsc4py import PETSc
 
 from .errors import NeuralPCError
 
-__all__ = ["LocalOperator", "set_coordinates", "get_coordinates", "COORDINATES_KEY"]
+__all__ = [
+    "LocalOperator",
+    "set_coordinates",
+    "get_coordinates",
+    "COORDINATES_KEY",
+    "enable_pc_set_coordinates",
+]
 
 COORDINATES_KEY = "petsc_neural_coordinates"
 _CSR_TYPES = ("seqaij", "seqaijcusparse", "seqaijkokkos")
@@ -37,6 +47,60 @@ def set_coordinates(obj: PETSc.PC | PETSc.Mat, coordinates: np.ndarray) -> None:
     v = PETSc.Vec().createWithArray(coords.ravel().copy(), comm=PETSc.COMM_SELF)
     v.setBlockSize(coords.shape[1])
     obj.compose(COORDINATES_KEY, v)
+
+
+_libpetsc: ctypes.CDLL | None = None
+# PetscErrorCode PCSetCoordinates_C(PC, PetscInt dim, PetscInt nloc, PetscReal coords[])
+_INT = ctypes.c_int64 if np.dtype(PETSc.IntType).itemsize == 8 else ctypes.c_int32
+_SETCOORDS = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, _INT, _INT, ctypes.POINTER(ctypes.c_double)
+)
+
+
+def _petsc_library() -> ctypes.CDLL:
+    global _libpetsc
+    if _libpetsc is None:
+        import petsc4py
+
+        cfg = petsc4py.get_config()
+        path = os.path.join(cfg["PETSC_DIR"], cfg["PETSC_ARCH"], "lib", "libpetsc.so")
+        _libpetsc = ctypes.CDLL(path)  # already loaded by petsc4py: the same handle
+        _libpetsc.PetscObjectComposeFunction_Private.argtypes = [
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p
+        ]
+        _libpetsc.PetscObjectComposeFunction_Private.restype = ctypes.c_int
+    return _libpetsc
+
+
+def enable_pc_set_coordinates(pc: PETSc.PC, store: Callable[[np.ndarray], None]) -> object:
+    """Make ``PCSetCoordinates`` work on a ``-pc_type python`` PC.
+
+    PETSc dispatches ``PCSetCoordinates`` to ``"PCSetCoordinates_C"`` composed on
+    the PC (GAMG and friends compose one; PCPYTHON does not, so the call is a
+    silent no-op).  petsc4py has no hook for it, so we compose a ctypes callback
+    that hands a copy of the ``(nloc, dim)`` coordinates to ``store``.  C
+    programs, ``pc.setCoordinates`` and Firedrake helpers then reach the neural
+    PC.  The returned callback must be kept alive as long as the PC (the python
+    context holds it; ``store`` should not hold the PC, to avoid a cycle
+    through C references that Python's collector cannot see).
+    """
+
+    def callback(_pc, dim, nloc, coords):
+        try:
+            arr = np.ctypeslib.as_array(coords, shape=(int(nloc) * int(dim),))
+            store(arr.reshape(int(nloc), int(dim)).copy())
+            return 0
+        except Exception:  # never let an exception cross into C
+            logging.getLogger("petsc_neural.pcshell").exception("PCSetCoordinates failed")
+            return 1
+
+    cfunc = _SETCOORDS(callback)
+    err = _petsc_library().PetscObjectComposeFunction_Private(
+        pc.handle, b"PCSetCoordinates_C", ctypes.cast(cfunc, ctypes.c_void_p)
+    )
+    if err:
+        raise NeuralPCError(f"could not compose PCSetCoordinates_C (PETSc error {err})")
+    return cfunc
 
 
 def get_coordinates(*objs: PETSc.Object) -> np.ndarray | None:
@@ -68,7 +132,8 @@ class LocalOperator:
 
     Attributes: ``csr`` (sparse CSR, the local diagonal block), ``diagonal``,
     ``block_size``, ``near_nullspace`` (``(n, k)`` or ``None``),
-    ``coordinates`` (``(n_nodes, dim)`` or ``None``), ``n_local``,
+    ``coordinates`` (``(n_nodes, dim)`` or ``None``: given explicitly, else
+    composed on the PC or the operator), ``n_local``,
     ``n_global``, ``nnz``.
     """
 
@@ -79,6 +144,7 @@ class LocalOperator:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
         pc: PETSc.PC | None = None,
+        coordinates: np.ndarray | None = None,
     ) -> None:
         self.dtype = dtype
         self.device = torch.device(device)
@@ -104,7 +170,7 @@ class LocalOperator:
             device=self.device, dtype=dtype
         )
         self.near_nullspace = self._read_near_nullspace(P)
-        coords = get_coordinates(pc, P)
+        coords = coordinates if coordinates is not None else get_coordinates(pc, P)
         self.coordinates = (
             None if coords is None else torch.from_numpy(coords).to(device=self.device, dtype=dtype)
         )
@@ -133,7 +199,7 @@ class LocalOperator:
         """Copy ``P``'s current values into the existing tensors (same pattern)."""
         _, _, values = _local_block(P).getValuesCSR()
         self.csr.values().copy_(torch.from_numpy(values))
-        self.diagonal.copy_(torch.from_numpy(P.getDiagonal().getArray(readonly=True)))
+        self.diagonal.copy_(torch.from_numpy(P.getDiagonal().getArray(readonly=True).copy()))
         self.near_nullspace = self._read_near_nullspace(P)
 
     def inputs(self, names: list[str]) -> tuple[torch.Tensor, ...]:

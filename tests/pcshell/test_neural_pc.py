@@ -255,3 +255,49 @@ def test_view_shows_model_device_and_options(jacobi_model):
     text = "\n".join(lines)
     assert jacobi_model in text and "device cpu" in text and "dtype float64" in text
     assert "on_failure=error" in text
+
+
+class CoordinateScaled(torch.nn.Module):
+    """z = (1 + x) * r / d: uses the node coordinates given with PCSetCoordinates."""
+
+    def forward(self, r: torch.Tensor, d: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        return (1.0 + xy[:, 0]) * r / d
+
+
+@pytest.mark.parametrize("how", ["PCSetCoordinates", "composed on the Mat"])
+def test_coordinates_reach_the_network(tmp_path, how):
+    from pcshell import set_coordinates
+
+    A = laplacian(4)
+    model = save(CoordinateScaled(), tmp_path / "c.pt", linear=True,
+                 inputs=["residual", "diagonal", "coordinates"])
+    ksp = neural_ksp(A, model)
+    coords = np.stack(np.meshgrid(np.arange(4.0), np.arange(4.0), indexing="ij"), -1)
+    coords = coords.reshape(-1, 2)
+    if how == "PCSetCoordinates":
+        ksp.getPC().setCoordinates(coords)
+    else:
+        set_coordinates(A, coords)
+    ksp.setUp()
+    r = A.createVecLeft()
+    r.set(1.0)
+    y = r.duplicate()
+    ksp.getPC().apply(r, y)
+    np.testing.assert_allclose(y.getArray(), (1 + coords[:, 0]) / A.getDiagonal().getArray())
+
+
+def test_update_refreshes_values_without_reloading(jacobi_model):
+    A = laplacian(4)
+    ksp = neural_ksp(A, jacobi_model, "cg")
+    ksp.setUp()
+    ctx = ksp.getPC().getPythonContext()
+    module, csr = ctx.model.module, ctx.op.csr
+    r = rhs(A)
+    y1, y2 = r.duplicate(), r.duplicate()
+    ksp.getPC().apply(r, y1)
+    A.scale(2.0)
+    ksp.setOperators(A)
+    ksp.setUp()
+    ksp.getPC().apply(r, y2)
+    assert ctx.model.module is module and ctx.op.csr is csr  # same objects, new values
+    np.testing.assert_allclose(y2.getArray(), 0.5 * y1.getArray(), rtol=1e-14)
