@@ -61,10 +61,15 @@ VERSION = 1
 
 
 def baseline_solver_parameters(problem: Problem, rtol: float = 1e-10, max_it: int = 100) -> dict:
-    """Seed 000's baseline: CG (GMRES if nonsymmetric) + algebraic multigrid."""
-    symmetric = problem.metadata.get("symmetric", True)
+    """Seed 000's baseline: CG + algebraic multigrid (GAMG).
+
+    GMRES instead of CG where the operator is nonsymmetric or known to be
+    indefinite (``metadata["definite"] is False``), as seed 000 allows.
+    """
+    md = problem.metadata
+    use_cg = md.get("symmetric", True) and md.get("definite", True) is not False
     return {
-        "ksp_type": "cg" if symmetric else "gmres",
+        "ksp_type": "cg" if use_cg else "gmres",
         "ksp_norm_type": "unpreconditioned",
         "ksp_rtol": rtol,
         "ksp_atol": 0.0,

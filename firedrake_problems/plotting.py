@@ -25,19 +25,27 @@ def _scalar_view(u):
 
 
 def _slice_scatter(ax, fig, u, title, *, log10=False, z=0.5):
-    """3D fields: the nodes/cells within one layer of the plane z = 0.5."""
-    mesh = u.function_space().mesh()
-    pts = node_coordinates(u.function_space())
-    vals = np.asarray(u.dat.data_ro).reshape(len(pts), -1)
-    vals = np.linalg.norm(vals, axis=1) if vals.shape[1] > 1 else vals[:, 0]
-    h = np.ptp(pts[:, 2]) / max(round(len(pts) ** (1 / 3)), 1)
-    sel = np.abs(pts[:, 2] - z) <= 0.75 * h
-    v = np.log10(vals[sel]) if log10 else vals[sel]
-    sc = ax.scatter(pts[sel, 0], pts[sel, 1], c=v, s=12, cmap="viridis")
-    fig.colorbar(sc, ax=ax)
+    """3D fields: the values on the node layer nearest to the plane z = 0.5."""
+    V = u.function_space()
+    if V.ufl_element().family() != "Lagrange" or len(u.ufl_shape):
+        # cell-wise (DG) data: an L2 projection to P1 for display only
+        u = fd.project(u, fd.FunctionSpace(V.mesh(), "CG", 1))
+        V = u.function_space()
+    pts = node_coordinates(V)
+    vals = np.asarray(u.dat.data_ro).ravel()
+    zs = pts[:, 2]
+    zstar = zs[np.argmin(np.abs(zs - z))]
+    sel = np.abs(zs - zstar) < 1e-8
+    v = np.log10(np.maximum(vals[sel], 1e-300)) if log10 else vals[sel]
+    if sel.sum() >= 10:
+        c = ax.tricontourf(pts[sel, 0], pts[sel, 1], v, levels=30, cmap="viridis")
+    else:  # no planar node layer (unstructured 3D mesh): a band of nodes
+        band = np.abs(zs - z) < 0.1
+        v = np.log10(np.maximum(vals[band], 1e-300)) if log10 else vals[band]
+        c = ax.scatter(pts[band, 0], pts[band, 1], c=v, s=10, cmap="viridis")
+    fig.colorbar(c, ax=ax)
     ax.set_aspect("equal")
-    ax.set_title(f"{title} (slice z≈{z})")
-    del mesh
+    ax.set_title(f"{'log10 ' if log10 else ''}{title} (plane z={zstar:.3g})")
 
 
 def _field(ax, fig, u, title, *, log10=False):
@@ -51,14 +59,14 @@ def _field(ax, fig, u, title, *, log10=False):
         if log10:
             ax.set_yscale("log")
         return
-    if td == 3:
-        _slice_scatter(ax, fig, u, title, log10=log10)
-        return
     if log10:
         w = fd.Function(u.function_space()).assign(u)
         w.dat.data_wo[:] = np.log10(np.asarray(u.dat.data_ro))
         u = w
         title = f"log10 {title}"
+    if td == 3:
+        _slice_scatter(ax, fig, u, title)
+        return
     c = tripcolor(u, axes=ax, cmap="viridis")
     fig.colorbar(c, ax=ax)
     ax.set_aspect("equal")
@@ -117,7 +125,9 @@ def plot_problem(problem: Problem, x: PETSc.Vec, out: str, *, title: str | None 
         ax2.remove()
         ax2 = fig.add_subplot(1, 3, 2, projection="3d")
         X1 = node_coordinates(V1)
-        sc = ax2.scatter(X1[:, 0], X1[:, 1], X1[:, 2], c=np.asarray(u1.dat.data_ro), s=8)
+        for a, b in segs:
+            ax2.plot(*[[pts[a, k], pts[b, k]] for k in range(3)], color="0.6", lw=1)
+        sc = ax2.scatter(X1[:, 0], X1[:, 1], X1[:, 2], c=np.asarray(u1.dat.data_ro), s=10)
         fig.colorbar(sc, ax=ax2, shrink=0.7)
         ax2.set_title("network solution û")
         ax2.set_xlim(0, 1)
