@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,12 @@ def rigid_body_modes(coords: np.ndarray) -> np.ndarray:
 
 
 def _csr(indptr, indices, data, n: int) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return _csr_tensor(indptr, indices, data, n)
+
+
+def _csr_tensor(indptr, indices, data, n: int) -> torch.Tensor:
     return torch.sparse_csr_tensor(
         torch.from_numpy(np.asarray(indptr, np.int64)),
         torch.from_numpy(np.asarray(indices, np.int64)),

@@ -164,3 +164,47 @@ def reference_namg(net, r: np.ndarray, A: np.ndarray, coords: np.ndarray,
     head = _lin(P, "head2", np.maximum(_lin(P, "head1", h), 0.0))[:, 0]
     out = y + P["alpha"][0] * head
     return out * dis * s
+
+
+# ------------------------------------------------------------------ PETSc-side helpers
+def tiny_model(path: str, steps: int = 20, seed: int = 0) -> str:
+    """Train a small NPO on 5-point grid Laplacians (not a Firedrake problem) and save it."""
+    from petsc_neural.training.npo import TrainConfig, export_model, train
+
+    samples = []
+    for i, n in enumerate((10, 14)):
+        A, coords = grid_laplacian(n)
+        samples.append(train_sample(A, coords, seed=i))
+    cfg = TrainConfig(family="grid_laplacian", size=12, steps=steps, lr=5e-3, batch=6,
+                      seed=seed, network=dict(width=16, heads=4, n_coarse=32))
+    net, hist = train(cfg, samples)
+    export_model(net, path, cfg, hist)
+    return path
+
+
+def npo_params(model: str | None, ksp_type: str = "fgmres", rtol: float = 1e-10) -> dict:
+    params = {
+        "ksp_type": ksp_type,
+        "ksp_rtol": rtol,
+        "ksp_atol": 0.0,
+        "ksp_max_it": 1000,
+        "ksp_gmres_restart": 1000,
+        "ksp_norm_type": "unpreconditioned",
+        "pc_type": "python",
+        "pc_python_type": "petsc_neural.NPO",
+    }
+    if model is not None:
+        params["pc_neural_model"] = model
+    return params
+
+
+def plain_params(pc_type: str = "none", rtol: float = 1e-10) -> dict:
+    return {
+        "ksp_type": "gmres",
+        "ksp_rtol": rtol,
+        "ksp_atol": 0.0,
+        "ksp_max_it": 1000,
+        "ksp_gmres_restart": 1000,
+        "ksp_norm_type": "unpreconditioned",
+        "pc_type": pc_type,
+    }
