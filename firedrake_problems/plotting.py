@@ -137,8 +137,10 @@ def plot_problem(problem: Problem, x: PETSc.Vec, out: str, *, title: str | None 
         _field(ax3, fig, u3, "tissue solution u")
     else:
         if coef is not None:
-            positive = bool(np.all(np.asarray(coef.dat.data_ro) > 0))
-            _field(ax2, fig, coef, "coefficient", log10=positive)
+            vals = np.asarray(coef.dat.data_ro)
+            # log scale for positive fields spanning more than a decade
+            positive = bool(np.all(vals > 0) and vals.max() > 10 * vals.min())
+            _field(ax2, fig, coef, f"coefficient {coef.name()}", log10=positive)
         else:
             ax2.axis("off")
             p = md["parameters"]
@@ -146,7 +148,7 @@ def plot_problem(problem: Problem, x: PETSc.Vec, out: str, *, title: str | None 
             ax2.text(
                 0.05,
                 0.95,
-                "constant coefficients\n\n" + txt,
+                "constant coefficients (parameters)\n\n" + txt,
                 va="top",
                 fontsize=9,
                 family="monospace",

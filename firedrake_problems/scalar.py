@@ -539,6 +539,12 @@ def cdr(
         tau = h / (2.0 * bnorm) * ufl.min_value(1.0, peclet / 3.0)
         a += tau * ufl.dot(bvec, ufl.grad(v)) * operator(u) * ufl.dx
         L += tau * ufl.dot(bvec, ufl.grad(v)) * f * ufl.dx
+    # The field that makes the regime, for plots: |b| (convection) or c (reaction).
+    Q = fd.FunctionSpace(m, "CG", 1)
+    if bvec is not None:
+        coef = fd.Function(Q, name="|b|").interpolate(ufl.sqrt(ufl.dot(bvec, bvec)))
+    else:
+        coef = fd.Function(Q, name="c").interpolate(ccoef)
     symmetric = bvec is None
     definite = None if regime == "reaction" and dim == 2 else (regime != "reaction")
     return _build(
@@ -551,6 +557,7 @@ def cdr(
         L,
         _dirichlet(V, rhs, exact),
         exact=exact if rhs == "manufactured" else None,
+        coefficient=coef,
         rhs_function=f,
         symmetric=symmetric,
         definite=definite,
