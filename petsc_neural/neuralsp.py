@@ -111,20 +111,46 @@ _MODEL_CACHE_SIZE = 4
 
 
 # ----------------------------------------------------------------------------- PETSc helpers
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hashed_normal(rows: np.ndarray, n_cols: int, seed: int) -> np.ndarray:
+    """Standard normal ``(len(rows), n_cols)`` entries that depend only on (seed, row, column).
+
+    Counter-based (splitmix64 + Box-Muller), so a row gets the same values
+    whichever rank owns it: the preconditioner does not depend on the
+    partition through its random start vectors.
+    """
+    with np.errstate(over="ignore"):
+        idx = rows.astype(np.uint64)[:, None] * np.uint64(n_cols) + np.arange(
+            n_cols, dtype=np.uint64)[None, :]
+        key = _splitmix64(np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(1))
+        h1 = _splitmix64(idx * np.uint64(2) ^ key)
+        h2 = _splitmix64(idx * np.uint64(2) + np.uint64(1) ^ key)
+    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    u2 = (h2 >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
 def smoothed_vectors(
     A: PETSc.Mat, n_vectors: int, sweeps: int = 10, omega: float = 0.66, seed: int = 0
 ) -> np.ndarray:
     """``S = (I - omega D^-1 A)^sweeps S0``, unit-norm columns; local rows ``(n_local, K)``.
 
-    ``S0`` is standard normal (seeded by ``seed`` and the rank).  Each sweep is
-    one PETSc ``MatMatMult`` of ``A`` with the dense ``n x K`` block.
+    ``S0`` is standard normal, a function of ``seed`` and the global row (the
+    same on any number of ranks).  Each sweep is one PETSc ``MatMatMult`` of
+    ``A`` with the dense ``n x K`` block.
     """
     comm = A.getComm()
     n_local, n = A.getLocalSize()[0], A.getSize()[0]
-    rng = np.random.default_rng([int(seed), comm.getRank()])
+    rstart = A.getOwnershipRange()[0]
     S = PETSc.Mat().createDense(((n_local, n), (None, n_vectors)), comm=comm)
     S.setUp()
-    S.getDenseArray()[:] = rng.standard_normal((n_local, n_vectors))
+    S.getDenseArray()[:] = hashed_normal(np.arange(rstart, rstart + n_local), n_vectors, seed)
     S.assemble()
     dinv = A.getDiagonal()
     dinv.reciprocal()
@@ -242,6 +268,27 @@ def pad_aggregates(
     return S_pad, mask.astype(S_local.dtype), rows
 
 
+def project_out_constant(S_pad: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Remove each aggregate's mean from its rows of ``S`` (padding stays zero)."""
+    size = np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+    mean = S_pad.sum(axis=1, keepdims=True) / size[..., None]
+    return (S_pad - mean) * mask[..., None]
+
+
+def prepend_constant(Q: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[1_a / sqrt(m_a), Q_a]`` re-orthonormalised per aggregate (QR), padding zero.
+
+    Smoothed aggregation's tentative prolongator (the constant on each
+    aggregate) stays exactly in the coarse space and the learned (or local-SVD)
+    columns complement it.
+    """
+    size = np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+    ones = (mask / np.sqrt(size))[..., None]
+    Q = Q - ones @ (ones.transpose(0, 2, 1) @ Q)
+    Q, _ = np.linalg.qr(np.concatenate([ones, Q], axis=2))
+    return Q * mask[..., None]
+
+
 def local_svd_bases(S_pad: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Chow (2006): each aggregate's left singular vectors, ``(B, m, min(m, K))``."""
     U, _, _ = np.linalg.svd(S_pad * mask[..., None], full_matrices=False)
@@ -290,11 +337,13 @@ def block_prolongator(
     indptr = np.concatenate([[0], np.cumsum(row_nnz)]).astype(PETSc.IntType)
     indices = np.empty(indptr[-1], dtype=PETSc.IntType)
     data = np.empty(indptr[-1], dtype=np.float64)
-    for b, p, i in zip(b_idx, p_idx, r_idx, strict=True):
-        k = int(ncols[b])
-        s = indptr[i]
-        indices[s : s + k] = col0[b] + np.arange(k)
-        data[s : s + k] = Q_pad[b, p, :k]
+    # Entry e = (aggregate b, slot p, row i) owns k_e = ncols[b] consecutive CSR slots.
+    k = ncols[b_idx]
+    ent = np.repeat(np.arange(b_idx.size), k)
+    j = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+    pos = indptr[r_idx[ent]] + j
+    indices[pos] = col0[b_idx[ent]] + j
+    data[pos] = Q_pad[b_idx[ent], p_idx[ent], j]
     T = PETSc.Mat().createAIJ(
         ((n_local, n), (nc_local, nc)), csr=(indptr, indices, data), comm=comm
     )
@@ -416,6 +465,7 @@ class NeuraLSP(NeuralPCBase):
             ("smoother", "jacobi", "PCMG level smoother: jacobi or chebyshev"),
             ("smooth_its", 5, "smoother sweeps before and after the coarse correction"),
             ("smooth_p", "auto", "smooth the prolongator: true, false or auto (local only)"),
+            ("constant", "auto", "keep the constant on each aggregate (local; auto: the model's)"),
             ("threshold", 0.0, "strength-of-connection threshold of the aggregation"),
             ("seed", 0, "seed of the random start vectors"),
         ]
@@ -439,8 +489,9 @@ class NeuraLSP(NeuralPCBase):
             )
         if out["smoother"] not in ("jacobi", "chebyshev"):
             raise NeuralPCError(f"-{prefix}smoother must be jacobi or chebyshev")
-        if str(out["smooth_p"]).lower() not in ("auto", "true", "false", "1", "0"):
-            raise NeuralPCError(f"-{prefix}smooth_p must be true, false or auto")
+        for name in ("smooth_p", "constant"):
+            if str(out[name]).lower() not in ("auto", "true", "false", "1", "0"):
+                raise NeuralPCError(f"-{prefix}{name} must be true, false or auto")
         if out["rank"] < 0 or out["vectors"] < 0:
             raise NeuralPCError(f"-{prefix}rank and -{prefix}vectors must be >= 0")
         return out
@@ -510,9 +561,12 @@ class NeuraLSP(NeuralPCBase):
             "global" if basis == "svd" else "local")
         model_rank = int(train.get("rank", 0)) if basis == "model" else None
         rank = o["rank"] or model_rank or (48 if variant == "global" else 2)
-        if model_rank is not None and rank > model_rank:
+        # A model trained with the constant kept learns the columns after it.
+        extra = 1 if basis == "model" and train.get("constant", False) else 0
+        if model_rank is not None and rank > model_rank + extra:
             raise NeuralPCError(
-                f"-pc_neuralsp_rank {rank} exceeds the rank the model was trained to ({model_rank})"
+                f"-pc_neuralsp_rank {rank} exceeds the rank the model was trained to "
+                f"({model_rank + extra})"
             )
         K = o["vectors"] or int(train.get("n_vectors", 72 if variant == "global" else 12))
         sweeps = o["sweeps"] if o["sweeps"] >= 0 else int(train.get("sweeps", 10))
@@ -521,10 +575,22 @@ class NeuraLSP(NeuralPCBase):
                 f"model {self.model.path!r} takes K = {train['n_vectors']} vectors, "
                 f"-pc_neuralsp_vectors {K} was given"
             )
+        c_opt = str(o["constant"]).lower()
+        constant = (
+            bool(train.get("constant", False)) if basis == "model" else variant == "local"
+        ) if c_opt == "auto" else c_opt in ("true", "1")
+        if variant == "global" and constant:
+            raise NeuralPCError("-pc_neuralsp_constant applies to local bases only")
+        if basis == "model" and constant != bool(train.get("constant", False)):
+            raise ModelMismatchError(
+                f"model {self.model.path!r} was trained with constant={train.get('constant')}, "
+                f"-pc_neuralsp_constant {c_opt} was given"
+            )
         sp_opt = str(o["smooth_p"]).lower()
         smooth_p = variant == "local" if sp_opt == "auto" else sp_opt in ("true", "1")
         return dict(
-            variant=variant, rank=int(rank), K=int(K), sweeps=int(sweeps), smooth_p=smooth_p
+            variant=variant, rank=int(rank), K=int(K), sweeps=int(sweeps), smooth_p=smooth_p,
+            constant=constant,
         )
 
     def build(self, pc: PETSc.PC) -> None:
@@ -549,7 +615,11 @@ class NeuraLSP(NeuralPCBase):
             else:
                 agg, n_agg = aggregate(local_block_csr(Pmat), self.opts["threshold"])
                 S_pad, mask, rows = pad_aggregates(S, agg, n_agg)
+                if s["constant"]:
+                    S_pad = project_out_constant(S_pad, mask)
                 Q = self._local_bases(S_pad, mask)
+                if s["constant"]:
+                    Q = prepend_constant(Q, mask)
                 t2 = time.perf_counter()
                 T = block_prolongator(Q, mask, rows, s["rank"], S.shape[0], comm)
         t["inference"] = t2 - t1

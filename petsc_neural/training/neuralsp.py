@@ -39,6 +39,7 @@ from ..neuralsp import (
     aggregate,
     local_block_csr,
     pad_aggregates,
+    project_out_constant,
     smoothed_vectors,
 )
 
@@ -80,6 +81,7 @@ class TrainConfig:
     power_steps: int = 2
     batch_aggregates: int = 512
     threshold: float = 0.0
+    constant: bool = True  # local: keep the aggregate constant, learn its complement
     dtype: str = "float32"
     problem_params: dict[str, Any] = field(default_factory=dict)
 
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.variant == "global":
+            self.constant = False
         if self.variant == "global" and self.rank > self.n_vectors:
             raise ValueError(
                 f"rank {self.rank} > K = {self.n_vectors}: S has at most K singular vectors"
@@ -153,14 +157,16 @@ def train(
             agg, n_agg = aggregate(local_block_csr(A), cfg.threshold)
             for _ in range(4):
                 S_pad, mask, _ = pad_aggregates(_sample_S(A, cfg, rng), agg, n_agg)
+                if cfg.constant:
+                    S_pad = project_out_constant(S_pad, mask)
                 parts.append((S_pad, mask))
         m = max(p[0].shape[1] for p in parts)
         S_all = np.concatenate(
             [np.pad(s, ((0, 0), (0, m - s.shape[1]), (0, 0))) for s, _ in parts])
         M_all = np.concatenate([np.pad(k, ((0, 0), (0, m - k.shape[1]))) for _, k in parts])
-        # QR has no derivative at rank-deficient input: train on aggregates with at
-        # least `rank` nodes (smaller ones are served with fewer columns).
-        keep = M_all.sum(1) >= cfg.rank
+        # QR has no derivative at rank-deficient input: train on aggregates with more
+        # than `rank` nodes (smaller ones are served with fewer columns).
+        keep = M_all.sum(1) >= cfg.rank + (1 if cfg.constant else 0) + 1
         S_all, M_all = S_all[keep], M_all[keep]
         pool = [(torch.from_numpy(S_all).to(dtype), torch.from_numpy(M_all).to(dtype))]
     t0 = time.perf_counter()
@@ -241,7 +247,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=d.size, help="mesh cells per direction N")
     p.add_argument("--vectors", type=int, default=None, help="K (default 72 global, 12 local)")
     p.add_argument(
-        "--rank", type=int, default=None, help="trained rank (default: K global, 4 local)"
+        "--rank", type=int, default=None, help="trained rank (default: K global, 3 local)"
     )
     p.add_argument("--sweeps", type=int, default=d.sweeps)
     p.add_argument("--loss", choices=sorted(LOSSES), default=d.loss)
@@ -264,7 +270,7 @@ def _cli_train(args: argparse.Namespace) -> int:
     K = args.vectors or (12 if local else 72)
     cfg = TrainConfig(
         family=args.family, variant=args.variant, size=args.size, n_vectors=K,
-        rank=args.rank or (4 if local else K), sweeps=args.sweeps, loss=args.loss,
+        rank=args.rank or (3 if local else K), sweeps=args.sweeps, loss=args.loss,
         steps=args.steps, lr=args.lr, train_problems=args.train_problems, seed=args.seed,
         widths=tuple(int(w) for w in args.widths.split(",") if w),
         layer_norm=not args.no_layer_norm, dtype=args.dtype,
