@@ -63,6 +63,20 @@ def parse_params(items: list[str] | None) -> dict:
     return out
 
 
+def _rank() -> int:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.rank
+
+
+class _Null:
+    def write(self, _):
+        pass
+
+    def flush(self):
+        pass
+
+
 def _cmd_list(args) -> int:
     from .registry import DEFAULT_SIZES, FAMILIES
 
@@ -82,9 +96,13 @@ def _solve_baseline(problem, rtol: float = 1e-10, max_it: int = 500):
 
 
 def _cmd_show(args) -> int:
+    from mpi4py import MPI
+
     from .plotting import plot_problem
     from .registry import DEFAULT_SIZES, make_problem
 
+    if MPI.COMM_WORLD.size > 1:
+        raise SystemExit("petsc-neural problems show runs on one MPI rank")
     params = parse_params(args.param)
     size = args.size or DEFAULT_SIZES[args.family][0]
     problem = make_problem(args.family, size, args.seed, **params)
@@ -103,7 +121,7 @@ def run_table(cases=None, rtol: float = 1e-10, max_it: int = 500, stream=None) -
     """Build and solve every case at its three sizes; print a Markdown table."""
     from .registry import make_problem
 
-    stream = stream or sys.stdout
+    stream = stream or (sys.stdout if _rank() == 0 else _Null())
     rows = []
     stream.write(
         f"| case | family | size | dofs | nnz | assembly (s) | Krylov+GAMG its "
@@ -169,9 +187,10 @@ def _cmd_generate(args) -> int:
         max_it=args.max_it,
         progress=not args.no_progress,
     )
-    sys.stdout.write(
-        f"wrote {args.count} samples of {args.family} (size {args.size}) to {args.out}\n"
-    )
+    if _rank() == 0:
+        sys.stdout.write(
+            f"wrote {args.count} samples of {args.family} (size {args.size}) to {args.out}\n"
+        )
     return 0
 
 
