@@ -140,7 +140,13 @@ def plot_problem(problem: Problem, x: PETSc.Vec, out: str, *, title: str | None 
             vals = np.asarray(coef.dat.data_ro)
             # log scale for positive fields spanning more than a decade
             positive = bool(np.all(vals > 0) and vals.max() > 10 * vals.min())
-            _field(ax2, fig, coef, f"coefficient {coef.name()}", log10=positive)
+            _field(
+                ax2,
+                fig,
+                coef,
+                "coefficient" if coef.name() == "coefficient" else f"coefficient {coef.name()}",
+                log10=positive,
+            )
         else:
             ax2.axis("off")
             p = md["parameters"]

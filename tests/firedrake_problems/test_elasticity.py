@@ -48,6 +48,7 @@ def test_rigid_body_modes_are_near_nullspace(dim, degree):
         {"dim": 2, "lame": "heterogeneous", "rhs": "grf"},
         {"dim": 2, "degree": 2, "mesh": "jittered"},
         {"dim": 3, "lame": "heterogeneous"},
+        {"dim": 3, "mesh": "gmsh"},
     ],
 )
 def test_gamg_with_rigid_body_modes_converges(params):

@@ -46,3 +46,23 @@ def test_jittered_points_lock_the_boundary():
     np.testing.assert_array_equal(p[boundary], grid[boundary])
     shift = np.abs(p - grid)[~boundary]
     assert shift.max() <= 0.3 / 16 + 1e-15 and shift.max() > 0.1 / 16
+
+
+@pytest.mark.parametrize(
+    "kind,dim", [("uniform", 2), ("uniform", 3), ("jittered", 2), ("gmsh", 2), ("gmsh", 3)]
+)
+def test_boundary_marker_1_is_the_face_x0(kind, dim):
+    """Every mesh kind marks x = 0 with 1 (elasticity clamps it)."""
+    import firedrake as fd
+
+    from firedrake_problems.core import node_coordinates
+    from firedrake_problems.meshes import make_mesh
+
+    m = make_mesh(kind, dim, 6, seed=1)
+    V = fd.FunctionSpace(m, "CG", 1)
+    x = node_coordinates(V)
+    nodes = fd.DirichletBC(V, 0.0, 1).nodes
+    nodes = nodes[nodes < len(x)]
+    assert len(nodes) >= 3
+    assert np.abs(x[nodes, 0]).max() < 1e-10
+    assert np.isclose(x[:, 0].min(), 0.0) and np.isclose(x[:, 0].max(), 1.0)
