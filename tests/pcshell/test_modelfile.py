@@ -75,6 +75,14 @@ def test_invalid_metadata(field, value, message):
         ModelMetadata.from_json(meta.to_json())
 
 
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    path = tmp_path / "m.pt"
+    save(Jacobi(), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
 def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "m.pt"
     save(Jacobi(), path, problem_family="old")
