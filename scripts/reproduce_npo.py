@@ -226,7 +226,13 @@ def ablation(args, workdir: str, log) -> list[dict]:
 
 # ------------------------------------------------------------------------------ output
 def _fmt_its(v) -> str:
+    """Paper values: None is 'not reported'."""
     return "—" if v is None else str(v)
+
+
+def _fmt_ours(v) -> str:
+    """Our values: None is 'tolerance not reached within max_it'."""
+    return "n.r." if v is None else str(v)
 
 
 def markdown(res: dict) -> str:
@@ -245,7 +251,8 @@ def markdown(res: dict) -> str:
              "on seeds 0-7. `gamg` is GAMG tuned per problem in this run (threshold x "
              "prolongator smoothing grid, Chebyshev/Jacobi smoothers, near-nullspace and "
              "coordinates); `sor` is PETSc's SSOR with omega = 1 (symmetric Gauss-Seidel), "
-             "shown beside the paper's Gauss-Seidel and SOR rows.\n")
+             "shown beside the paper's Gauss-Seidel and SOR rows. `n.r.`: the tolerance was "
+             "not reached within max_it (max(2000, 2 x dofs)); `—`: not reported.\n")
     L.append("## Tables 1-2: GMRES iterations and time\n")
     floor_lines = []
     for key, t in res["tables"].items():
@@ -266,7 +273,7 @@ def markdown(res: dict) -> str:
                 gs = paper["gauss-seidel"]
                 ps += f" (paper GS: {gs[1]})"
             its = [r["its"][f"{x:g}"] for x in TOLS]
-            L.append(f"| {name} | {r['time']:.4f} | " + " | ".join(_fmt_its(i) for i in its)
+            L.append(f"| {name} | {r['time']:.4f} | " + " | ".join(_fmt_ours(i) for i in its)
                      + f" | {ps} |")
         npo = next(r for r in t["rows"] if r["pc"] == "npo")
         ratio = npo["time"] / gamg_t
@@ -297,9 +304,11 @@ def markdown(res: dict) -> str:
             L.append("|---|---|---|---|---|---|---|---|---|")
             d0 = g["rows"][0]["dofs"]
             for r in g["rows"]:
+                its = {k: r[k]["its"] if r[k]["converged"] else "n.r."
+                       for k in ("none", "ilu", "gamg", "npo")}
                 L.append(f"| {r['size']} | {r['dofs']} | {r['dofs'] / d0:.1f} | "
-                         f"{r['none']['its']} | {r['ilu']['its']} | {r['gamg']['its']} | "
-                         f"{r['npo']['its']} | {r['npo']['time']:.3f} | "
+                         f"{its['none']} | {its['ilu']} | {its['gamg']} | "
+                         f"{its['npo']} | {r['npo']['time']:.3f} | "
                          f"{r['gamg']['time']:.3f} |")
             L.append("")
     if res.get("ablation"):
