@@ -103,6 +103,7 @@ def rigid_body_modes(coords: np.ndarray) -> np.ndarray:
 def _csr(indptr, indices, data, n: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
         return _csr_tensor(indptr, indices, data, n)
 
 

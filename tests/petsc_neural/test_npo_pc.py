@@ -115,3 +115,17 @@ def test_npo_from_firedrake_solver_parameters(model):
     assert ksp.getConvergedReason() > 0
     assert ksp.getIterationNumber() < ksp_none.getIterationNumber()
     assert fd.errornorm(u_ref, uh) <= 1e-8 * fd.norm(u_ref)
+
+
+@pytest.mark.parametrize("family, size, extra, expected", [
+    ("poisson", 12, {}, "npo_poisson2d.pt"),
+    ("poisson", 12, {"pc_npo_family": "diffusion"}, "npo_diffusion2d.pt"),
+    ("elasticity", 6, {}, "npo_elasticity2d.pt"),
+])
+def test_shipped_model_is_used_when_none_is_given(family, size, extra, expected):
+    p = make_problem(family, size, seed=3, rhs="grf")
+    _, ksp_none = p.solve(plain_params("none"))
+    _, ksp = p.solve({**npo_params(None), **extra})
+    assert ksp.getPC().getPythonContext().model.path.endswith(expected)
+    assert ksp.getConvergedReason() > 0
+    assert ksp.getIterationNumber() < ksp_none.getIterationNumber() / 2
