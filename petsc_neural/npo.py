@@ -90,3 +90,12 @@ class NPO(NeuralPCBase):
                 "NPO: no node coordinates attached (pcshell.set_coordinates); the network "
                 "uses residual and operator features only")
             self._warned_coords = True
+
+    def view_details(self, pc: PETSc.PC) -> list[str]:
+        lines = super().view_details(pc)
+        if self.op is not None:
+            c = self.op.coordinates
+            lines.append(
+                "node coordinates: " + ("none (residual and operator features only)" if c is None
+                                        else f"{c.shape[0]} nodes in {c.shape[1]}D"))
+        return lines

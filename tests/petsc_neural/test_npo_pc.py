@@ -129,3 +129,46 @@ def test_shipped_model_is_used_when_none_is_given(family, size, extra, expected)
     assert ksp.getPC().getPythonContext().model.path.endswith(expected)
     assert ksp.getConvergedReason() > 0
     assert ksp.getIterationNumber() < ksp_none.getIterationNumber() / 2
+
+
+_CMDLINE_SCRIPT = """
+import sys
+import petsc4py
+petsc4py.init(sys.argv)
+from petsc4py import PETSc
+n = 20
+A = PETSc.Mat().createAIJ([n * n, n * n], nnz=5)
+for row in range(n * n):
+    i, j = divmod(row, n)
+    A.setValue(row, row, 4.0)
+    for ii, jj in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
+        if 0 <= ii < n and 0 <= jj < n:
+            A.setValue(row, ii * n + jj, -1.0)
+A.assemble()
+b = A.createVecLeft()
+b.set(1.0)
+x = b.duplicate()
+ksp = PETSc.KSP().create()
+ksp.setOperators(A)
+ksp.setFromOptions()
+ksp.solve(b, x)
+print("ITERATIONS", ksp.getIterationNumber(), ksp.getConvergedReason())
+"""
+
+
+def test_npo_from_the_command_line(tmp_path):
+    """Plain petsc4py program, options on its command line, the shipped model."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "solve.py"
+    script.write_text(_CMDLINE_SCRIPT)
+    opts = ["-ksp_type", "fgmres", "-ksp_rtol", "1e-10", "-pc_type", "python",
+            "-pc_python_type", "petsc_neural.NPO", "-ksp_view"]
+    out = subprocess.run([sys.executable, str(script), *opts], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    its, reason = (int(v) for v in out.split("ITERATIONS")[1].split())
+    assert reason > 0 and its < 25, out
+    assert "petsc_neural NPO" in out and "npo_poisson2d.pt" in out
+    assert "nonlinear in the residual" in out
+    assert "node coordinates: none" in out  # a plain petsc4py program attaches none
