@@ -9,13 +9,16 @@ only (never on torch or ``petsc_neural``).
 >>> from firedrake_problems import make_problem
 >>> p = make_problem("poisson", 32, seed=0, dim=2)
 >>> x, ksp = p.solve({"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": 1e-10})
+
+The names below are loaded on first use (PEP 562), so that importing
+``firedrake_problems.cli`` (done by ``petsc-neural --help``) does not import
+Firedrake.
 """
 
-from .core import Problem
-from .elasticity import elasticity
-from .mixed_3d1d import mixed_3d1d
-from .registry import DEFAULT_SIZES, FAMILIES, make_problem
-from .scalar import anisotropic, cdr, diffusion, poisson, screened_poisson
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __all__ = [
     "Problem",
@@ -30,3 +33,36 @@ __all__ = [
     "cdr",
     "mixed_3d1d",
 ]
+
+_WHERE = {
+    "Problem": ".core",
+    "FAMILIES": ".registry",
+    "DEFAULT_SIZES": ".registry",
+    "make_problem": ".registry",
+    "poisson": ".scalar",
+    "diffusion": ".scalar",
+    "anisotropic": ".scalar",
+    "screened_poisson": ".scalar",
+    "cdr": ".scalar",
+    "elasticity": ".elasticity",
+    "mixed_3d1d": ".mixed_3d1d",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers and IDEs
+    from .core import Problem
+    from .elasticity import elasticity
+    from .mixed_3d1d import mixed_3d1d
+    from .registry import DEFAULT_SIZES, FAMILIES, make_problem
+    from .scalar import anisotropic, cdr, diffusion, poisson, screened_poisson
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

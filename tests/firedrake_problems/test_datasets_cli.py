@@ -137,3 +137,20 @@ def test_cli_show_other_families(tmp_path, family, param):
         == 0
     )
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_family_names_match_registry_and_parser_is_light():
+    import subprocess
+    import sys
+
+    from firedrake_problems import FAMILIES
+    from firedrake_problems.cli import FAMILY_NAMES
+
+    assert tuple(FAMILIES) == FAMILY_NAMES
+    code = (
+        "import argparse, sys; import firedrake_problems.cli as c; "
+        "p = argparse.ArgumentParser(); c.register(p.add_subparsers()); "
+        "print('firedrake' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
