@@ -23,12 +23,16 @@ Two kinds of model (``pcshell`` model files with method ``"neuralsp"``):
 ``variant = "local"`` (ours: distributable and mesh-size independent)
     :class:`~petsc_neural.networks.neuralsp.LocalSubspaceNet`: the nodes each
     rank owns are grouped into aggregates (greedy graph aggregation of the
-    local diagonal block, as smoothed aggregation does), one shared-weight
-    network maps each aggregate's rows of ``S`` to an orthonormal local basis
-    of ``r`` columns, and the block-diagonal tentative prolongator is smoothed
-    once, ``P = (I - omega D^-1 A) T``.  This is Chow (2006)'s local-SVD
-    coarse space with the SVD replaced by a learned map trained with the NLSS
-    loss per aggregate.  How it differs from the paper: the paper learns one
+    local diagonal block, as smoothed aggregation does), each aggregate keeps
+    its constant vector (smoothed aggregation's tentative prolongator; without
+    it the two-level iteration counts grow with N, because 10 Jacobi sweeps do
+    not make ``S`` smooth at the aggregate scale), one shared-weight network
+    maps each aggregate's rows of ``S`` (mean removed) to an orthonormal local
+    basis whose first ``r - 1`` columns complement the constant, and the
+    block-diagonal tentative prolongator is smoothed once,
+    ``P = (I - omega D^-1 A) T``.  This is Chow (2006)'s local-SVD coarse
+    space with the SVD replaced by a learned map trained with the NLSS loss
+    per aggregate.  How it differs from the paper: the paper learns one
     global, dense ``n x r`` basis of the leading left singular subspace of all
     of ``S`` with a fixed coarse size ``n_c = r``; this variant learns local
     bases, its coarse space grows with the mesh (``r`` per aggregate, a
@@ -50,8 +54,9 @@ Options (prefix ``-[pc prefix]pc_neuralsp_``), besides the common
     Where ``P`` comes from (default ``model``; the others need no model).
 ``-pc_neuralsp_rank R``
     Columns kept: the coarse size ``n_c`` for a global basis, the columns per
-    aggregate for a local one (default: the model's trained rank; 48 for
-    ``svd``, 2 for ``local_svd``).  At most the model's rank.
+    aggregate for a local one, the constant included (default: the model's
+    trained rank; 48 for ``svd``, 2 for ``local_svd``).  At most the model's
+    rank.
 ``-pc_neuralsp_vectors K`` / ``-pc_neuralsp_sweeps s1``
     Number of smoothed vectors and Jacobi sweeps (default: the model's
     training values; otherwise 72 / 10 for ``svd``, 12 / 10 for ``local_svd``).
@@ -63,6 +68,9 @@ Options (prefix ``-[pc prefix]pc_neuralsp_``), besides the common
 ``-pc_neuralsp_smooth_p true|false``
     Smooth the prolongator once with damped Jacobi (default: true for local
     bases, false for global ones).
+``-pc_neuralsp_constant true|false``
+    Keep each aggregate's constant in a local basis (default: true for
+    ``local_svd``; a model's own training setting).
 ``-pc_neuralsp_threshold t``
     Strength-of-connection threshold of the aggregation (default 0).
 ``-pc_neuralsp_seed s``
@@ -439,7 +447,7 @@ class NeuraLSP(NeuralPCBase):
 
     Options ``-pc_neuralsp_``: ``basis`` (model|svd|local_svd), ``rank``,
     ``vectors``, ``sweeps``, ``omega``, ``smoother`` (jacobi|chebyshev),
-    ``smooth_its``, ``smooth_p``, ``threshold``, ``seed``; see
+    ``smooth_its``, ``smooth_p``, ``constant``, ``threshold``, ``seed``; see
     :mod:`petsc_neural.neuralsp`.  The inner PCMG has the prefix ``neuralsp_``.
     """
 
