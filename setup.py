@@ -15,7 +15,7 @@ setup(
     # built against the cached PETSc, so neither is re-resolved here.
     install_requires=[
         "numpy", "torch>=2.13", "petsc4py==3.26.0", "mpi4py", "h5py", "tqdm", "matplotlib",
-        "scipy", "pyamg", "jsonschema",
+        "scipy", "pyamg", "jsonschema", "gmsh",
     ],
     extras_require={
         "test": ["pytest", "mpi-pytest", "pytest-timeout", "ruff"],

@@ -23,7 +23,9 @@ mkdir -p "$CACHE" "$LOGDIR"
 APT_PACKAGES="bison flex gfortran ninja-build pkg-config cmake zlib1g-dev libopenmpi-dev
 openmpi-bin libhdf5-mpi-dev libmumps-ptscotch-dev libmetis-dev libopenblas-dev
 libptscotch-dev libscalapack-openmpi-dev libsuitesparse-dev libsuperlu-dev
-libsuperlu-dist-dev libhwloc-dev"
+libsuperlu-dist-dev libhwloc-dev
+libglu1-mesa libxcursor1 libxft2 libxinerama1 libxrender1 libxfixes3 libfontconfig1 libgl1"
+# (the last line: shared libraries that the gmsh wheel's bundled library loads)
 
 # The configure options that work against Debian 12's libraries (hypre left out:
 # Debian's hypre 2.26 does not compile with PETSc 3.26).

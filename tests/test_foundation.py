@@ -6,16 +6,23 @@ import pytest
 
 
 def test_petsc4py_uses_cached_petsc_3_26_0():
+    import sys
+
     import petsc4py
     from petsc4py import PETSc
 
     assert PETSc.Sys.getVersion() == (3, 26, 0)
     cfg = petsc4py.get_config()
-    cache = os.environ.get("PETSC_NEURAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "petsc-neural"
-    )
-    assert os.path.realpath(cfg["PETSC_DIR"]).startswith(os.path.realpath(cache)), cfg
+    # The setup script records the PETSc it built (in the cache, outside the repo).
+    with open(os.path.join(sys.prefix, "petsc-neural-env.sh")) as f:
+        recorded = dict(
+            kv.split("=", 1) for kv in f.read().replace("export", " ").split() if "=" in kv
+        )
+    assert os.path.realpath(cfg["PETSC_DIR"]) == os.path.realpath(recorded["PETSC_DIR"])
+    assert cfg["PETSC_ARCH"] == recorded["PETSC_ARCH"]
     assert os.path.basename(cfg["PETSC_DIR"]).startswith("petsc-3.26.0-")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert not os.path.realpath(cfg["PETSC_DIR"]).startswith(os.path.realpath(repo) + os.sep)
 
 
 def test_torch_is_cpu_build_2_13_0():
