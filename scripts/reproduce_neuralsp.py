@@ -3,7 +3,7 @@
 
 Writes ``results/neuralsp_tables.md`` and ``results/neuralsp_energy.png``.
 
-Parts (``--parts energy,tables,transfer``; all by default):
+Parts (``--parts energy,tables,transfer``, the default; ``ranks`` under ``mpiexec``):
 
 ``energy``   Figs. 3-5: the paper's small setting (N = 9, n = 100, K = 32,
              one hidden layer of 128, GELU) trained to full rank 32 with the
@@ -23,6 +23,8 @@ Parts (``--parts energy,tables,transfer``; all by default):
              solve); the paper's numbers beside ours.
 ``transfer`` The distributable local variant trained at N = 64 and applied at
              larger N: iterations and time per size.
+``ranks``    ``mpiexec -n 2 python scripts/reproduce_neuralsp.py --parts ranks``:
+             iterations on 1 rank and on 2 ranks (``--ranks-size``, 256).
 
 Global models are large (313 MB each) and are kept in ``--model-dir``
 (default ``~/.cache/petsc-neural/neuralsp-models``); missing ones are trained
@@ -387,6 +389,36 @@ def part_transfer(args, lines: list[str]) -> None:
     lines.append("")
 
 
+# ----------------------------------------------------------------------------- 1 vs P ranks
+def part_ranks(args, lines: list[str]) -> None:
+    """Iterations on one rank and on all ranks of COMM_WORLD (run under ``mpiexec -n P``)."""
+    world = PETSc.COMM_WORLD.tompi4py()
+    n = args.ranks_size
+    lines += [f"## 1 rank versus {world.size} ranks (N = {n}, {(n + 1) ** 2:,} dofs, seed 7)",
+              "", f"`mpiexec -n {world.size} python scripts/reproduce_neuralsp.py --parts ranks`: "
+              "every rank also solves the whole problem alone (COMM_SELF) for the serial count.  "
+              "Local bases use each rank's own aggregates, so P differs slightly between the "
+              "partitions; the random start vectors do not (counter-based).", "",
+              f"| family | method | its, 1 rank | its, {world.size} ranks | difference |",
+              "|---|---|---|---|---|"]
+    for fam in FAMILIES:
+        path = local_model(args, fam)
+        cases = {
+            "learned local, rank 2": {"pc_neural_model": path, "pc_neuralsp_rank": 2},
+            "learned local, rank 3": {"pc_neural_model": path, "pc_neuralsp_rank": 3},
+            "local SVD (Chow), rank 2": {"pc_neuralsp_basis": "local_svd", "pc_neuralsp_rank": 2},
+            "exact SVD, n_c = 48": {"pc_neuralsp_basis": "svd", "pc_neuralsp_rank": 48},
+        }
+        probs = [make_problem(fam, n, seed=7, comm=c)
+                 for c in (PETSc.COMM_SELF.tompi4py(), world)]
+        for lab, o in cases.items():
+            its = [run(p.A, p.b, {**NEURALSP, **o})["its"] for p in probs]
+            diff = 100.0 * (its[1] - its[0]) / its[0]
+            lines.append(f"| {fam} | {lab} | {its[0]} | {its[1]} | {diff:+.1f}% |")
+            PETSc.Sys.Print(f"  ranks {fam} {lab}: {its}", comm=PETSc.COMM_WORLD)
+    lines.append("")
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     global FAMILIES
@@ -402,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--energy-test", type=int, default=100)
     ap.add_argument("--transfer-sizes", default="64,256")
     ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--ranks-size", type=int, default=256, help="N of the 1-vs-P-ranks part")
     args = ap.parse_args(argv)
     FAMILIES = tuple(args.families.split(","))
     torch.set_num_threads(1)
@@ -423,15 +456,18 @@ def main(argv: list[str] | None = None) -> int:
         part_tables(args, lines)
     if "transfer" in parts:
         part_transfer(args, lines)
+    if "ranks" in parts:
+        part_ranks(args, lines)
     lines.append(f"Run time of this script: {time.perf_counter() - t0:.0f} s.")
     name = "neuralsp_tables.md" if parts == ["energy", "tables", "transfer"] else (
         "neuralsp_" + "_".join(parts) + ".md")
-    with open(os.path.join(args.out, name), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    partial = os.path.join(args.out, "neuralsp_tables.md.partial")
-    if os.path.exists(partial):
-        os.unlink(partial)
-    print(f"wrote {os.path.join(args.out, name)} in {time.perf_counter() - t0:.0f} s")
+    if PETSc.COMM_WORLD.getRank() == 0:
+        with open(os.path.join(args.out, name), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        partial = os.path.join(args.out, "neuralsp_tables.md.partial")
+        if os.path.exists(partial):
+            os.unlink(partial)
+        print(f"wrote {os.path.join(args.out, name)} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
