@@ -119,29 +119,24 @@ _MODEL_CACHE_SIZE = 4
 
 
 # ----------------------------------------------------------------------------- PETSc helpers
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+_CHUNK = 1024
 
 
-def hashed_normal(rows: np.ndarray, n_cols: int, seed: int) -> np.ndarray:
-    """Standard normal ``(len(rows), n_cols)`` entries that depend only on (seed, row, column).
+def start_vectors(rstart: int, rend: int, n_cols: int, seed: int) -> np.ndarray:
+    """Standard normal rows ``rstart..rend-1`` of an ``n x n_cols`` matrix fixed by ``seed``.
 
-    Counter-based (splitmix64 + Box-Muller), so a row gets the same values
-    whichever rank owns it: the preconditioner does not depend on the
-    partition through its random start vectors.
+    Rows come in global chunks of 1024, each drawn from its own generator
+    (seeded by ``(seed, chunk)``), so a global row gets the same values
+    whichever rank owns it, and no rank draws more than two extra chunks.
+    (A discretisation that numbers its dofs differently on different numbers
+    of ranks, as Firedrake does, still gets different start vectors.)
     """
-    with np.errstate(over="ignore"):
-        idx = rows.astype(np.uint64)[:, None] * np.uint64(n_cols) + np.arange(
-            n_cols, dtype=np.uint64)[None, :]
-        key = _splitmix64(np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(1))
-        h1 = _splitmix64(idx * np.uint64(2) ^ key)
-        h2 = _splitmix64(idx * np.uint64(2) + np.uint64(1) ^ key)
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) / 2.0**53
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    out = np.empty((rend - rstart, n_cols))
+    for c in range(rstart // _CHUNK, (rend - 1) // _CHUNK + 1 if rend > rstart else 0):
+        block = np.random.default_rng([int(seed), c]).standard_normal((_CHUNK, n_cols))
+        lo, hi = max(rstart, c * _CHUNK), min(rend, (c + 1) * _CHUNK)
+        out[lo - rstart : hi - rstart] = block[lo - c * _CHUNK : hi - c * _CHUNK]
+    return out
 
 
 def smoothed_vectors(
@@ -150,7 +145,7 @@ def smoothed_vectors(
     """``S = (I - omega D^-1 A)^sweeps S0``, unit-norm columns; local rows ``(n_local, K)``.
 
     ``S0`` is standard normal, a function of ``seed`` and the global row (the
-    same on any number of ranks).  Each sweep is one PETSc ``MatMatMult`` of
+    same on any number of ranks, :func:`start_vectors`).  Each sweep is one PETSc ``MatMatMult`` of
     ``A`` with the dense ``n x K`` block.
     """
     comm = A.getComm()
@@ -158,7 +153,7 @@ def smoothed_vectors(
     rstart = A.getOwnershipRange()[0]
     S = PETSc.Mat().createDense(((n_local, n), (None, n_vectors)), comm=comm)
     S.setUp()
-    S.getDenseArray()[:] = hashed_normal(np.arange(rstart, rstart + n_local), n_vectors, seed)
+    S.getDenseArray()[:] = start_vectors(rstart, rstart + n_local, n_vectors, seed)
     S.assemble()
     dinv = A.getDiagonal()
     dinv.reciprocal()

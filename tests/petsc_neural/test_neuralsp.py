@@ -13,9 +13,9 @@ from petsc_neural.losses.neuralsp import captured_energy, nlss_loss, subspace_lo
 from petsc_neural.networks.neuralsp import LocalSubspaceNet, NeuraLSPMLP
 from petsc_neural.neuralsp import (
     aggregate,
-    hashed_normal,
     local_block_csr,
     smoothed_vectors,
+    start_vectors,
     svd_basis,
 )
 from petsc_neural.training.neuralsp import TrainConfig, export, train
@@ -119,11 +119,19 @@ def test_smoothed_vectors_are_damped_jacobi_sweeps():
     A = problem("diffusion", 6).A
     S = smoothed_vectors(A, 5, sweeps=3, omega=0.66, seed=4)
     M = scipy_matrix(A)
-    S0 = hashed_normal(np.arange(M.shape[0]), 5, 4)
+    S0 = start_vectors(0, M.shape[0], 5, 4)
     assert abs(S0.mean()) < 0.1 and abs(S0.std() - 1) < 0.1
     E = np.eye(M.shape[0]) - 0.66 * M / np.diag(M)[:, None]
     ref = np.linalg.matrix_power(E, 3) @ S0
     np.testing.assert_allclose(S, ref / np.linalg.norm(ref, axis=0), rtol=1e-10, atol=1e-13)
+
+
+def test_start_vectors_do_not_depend_on_the_partition():
+    whole = start_vectors(0, 10000, 3, 7)
+    parts = [start_vectors(a, b, 3, 7) for a, b in ((0, 4000), (4000, 4100), (4100, 10000))]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert not np.array_equal(start_vectors(0, 10, 3, 8), whole[:10])
+    assert start_vectors(5, 5, 3, 7).shape == (0, 3)
 
 
 def test_svd_basis_spans_numpy_leading_subspace():
@@ -260,11 +268,17 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
     elif basis == "local_svd":
         opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=2, pc_neuralsp_vectors=12)
     else:
-        opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=24, pc_neuralsp_vectors=32)
+        opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=24, pc_neuralsp_vectors=64)
+    # Firedrake numbers the dofs differently on 1 and 2 ranks, so the random start
+    # vectors differ too: compare medians over three seeds of S0.
     its = []
     for comm in (PETSc.COMM_SELF.tompi4py(), PETSc.COMM_WORLD.tompi4py()):
-        _, ksp = solve(problem("diffusion", 24, seed=3, comm=comm), **opts)
-        assert ksp.getConvergedReason() > 0
-        its.append(ksp.getIterationNumber())
+        p = problem("diffusion", 24, seed=3, comm=comm)
+        runs = []
+        for seed in range(3):
+            _, ksp = solve(p, pc_neuralsp_seed=seed, **opts)
+            assert ksp.getConvergedReason() > 0
+            runs.append(ksp.getIterationNumber())
+        its.append(float(np.median(runs)))
     serial, parallel = its
     assert abs(parallel - serial) <= max(1, 0.1 * serial), its
