@@ -398,7 +398,8 @@ def part_ranks(args, lines: list[str]) -> None:
               "", f"`mpiexec -n {world.size} python scripts/reproduce_neuralsp.py --parts ranks`: "
               "every rank also solves the whole problem alone (COMM_SELF) for the serial count.  "
               "Local bases use each rank's own aggregates, so P differs slightly between the "
-              "partitions; the random start vectors do not (counter-based).", "",
+              "partitions; and Firedrake numbers the dofs differently on 1 and 2 ranks, so the "
+              "random start vectors (fixed per global row) differ too.", "",
               f"| family | method | its, 1 rank | its, {world.size} ranks | difference |",
               "|---|---|---|---|---|"]
     for fam in FAMILIES:
