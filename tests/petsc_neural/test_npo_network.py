@@ -126,3 +126,23 @@ def test_rigid_body_modes_are_in_the_kernel_of_free_elasticity():
             for a, b_, s in ((i, i, 1), (j, j, 1), (i, j, -1), (j, i, -1)):
                 K[2 * a:2 * a + 2, 2 * b_:2 * b_ + 2] += s * k
     np.testing.assert_allclose(K @ B, 0.0, atol=1e-12)
+
+
+def test_train_npo_cli_writes_a_model_and_resumes(tmp_path):
+    """``petsc-neural train npo``: data generation, training, export, then --resume."""
+    from petsc_neural.cli import main
+
+    out = tmp_path / "m.pt"
+    base = ["train", "npo", "--family", "poisson", "--size", "6", "--samples", "2",
+            "--width", "8", "--heads", "2", "--coarse", "8", "--no-progress",
+            "--checkpoint-every", "2", "--out", str(out)]
+    assert main(base + ["--steps", "4"]) == 0
+    m = load_model(out, method="npo")
+    assert m.metadata.inputs == ["residual", "operator", "diagonal", "coordinates"]
+    assert m.metadata.training["config"]["steps"] == 4
+    assert (tmp_path / "m.data.h5").exists() and (tmp_path / "m.ckpt").exists()
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    assert ckpt["step"] == 4 and len(ckpt["history"]) == 4
+    # A checkpoint of another configuration is refused, not silently mixed in.
+    with pytest.raises(ValueError, match="another configuration"):
+        main(base + ["--steps", "6", "--resume"])
