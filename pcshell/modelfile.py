@@ -161,7 +161,10 @@ def content_hash(module: torch.jit.ScriptModule) -> str:
     for name, sub in sorted(module.named_modules(), key=lambda kv: kv[0]):
         if name:
             h.update(name.encode())
-            h.update(sub.code.encode() if hasattr(sub, "code") else b"")
+            try:
+                h.update(sub.code.encode())
+            except (AttributeError, RuntimeError):  # containers have no forward
+                pass
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().to("cpu").contiguous()
         h.update(name.encode())
@@ -210,7 +213,15 @@ def save_model(
     scripted = scripted.eval()
     metadata.torch_version = torch.__version__
     metadata.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    metadata.content_hash = content_hash(scripted)
+    # Hash the module as a reader will see it: TorchScript may print code
+    # differently after a save/load (e.g. names of reassigned variables), so
+    # the hash is taken from a loaded copy of the very bytes we write.
+    plain = io.BytesIO()
+    with quiet_jit():
+        torch.jit.save(scripted, plain)
+        plain.seek(0)
+        canonical = torch.jit.load(plain, map_location="cpu")
+    metadata.content_hash = content_hash(canonical)
     metadata.validate()
     buf = io.BytesIO()
     with quiet_jit():

@@ -185,3 +185,37 @@ def test_c_ex2_view_log_help_and_option_typos(ex2, jacobi_file):
     assert "-pc_neural_on_failure <error>" in out  # -help lists the options
     assert "Option left: name:-pc_neural_modle value: typo.pt" in out  # typo reported
     assert "Option left: name:-pc_neural_model " not in out  # the real option was used
+
+
+class CoordinateJacobi(torch.nn.Module):
+    """(1 + x) D^-1 r: only right if the node coordinates reached the network."""
+
+    def forward(self, r: torch.Tensor, d: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        return (1.0 + xy[:, 0]) * r / d
+
+
+def test_firedrake_coordinates_via_pc_set_coordinates(tmp_path):
+    """Firedrake passes no coordinates; PCSetCoordinates on the solver's PC does."""
+    from firedrake_problems.core import node_coordinates
+
+    model = str(tmp_path / "cj.pt")
+    TorchScriptPC.export(CoordinateJacobi(), model, linear=True,
+                         inputs=["residual", "diagonal", "coordinates"])
+    fd, V, a, L, bc = firedrake_poisson(8)
+    uh = fd.Function(V)
+    params = {**BASE, "pc_type": "python", "pc_python_type": "petsc_neural.TorchScriptPC",
+              "pc_neural_model": model}
+    solver = fd.LinearVariationalSolver(
+        fd.LinearVariationalProblem(a, L, uh, bcs=bc), solver_parameters=params)
+    pc = solver.snes.ksp.getPC()
+    coords = node_coordinates(V)
+    pc.setCoordinates(coords)  # the python context exists once the solver is built
+    solver.solve()
+    ctx = pc.getPythonContext()
+    np.testing.assert_array_equal(ctx.op.coordinates.numpy(), coords)
+    r = solver.snes.ksp.getOperators()[0].createVecLeft()
+    r.set(1.0)
+    y = r.duplicate()
+    pc.apply(r, y)
+    diag = solver.snes.ksp.getOperators()[1].getDiagonal().getArray()
+    np.testing.assert_allclose(y.getArray(), (1 + coords[:, 0]) / diag)
