@@ -5,7 +5,14 @@ only (never Firedrake, never ``petsc_neural``), so C programs and plain
 petsc4py users can use it.
 """
 
-from .base import FIXED_SPD_KSP_TYPES, FLEXIBLE_KSP_TYPES, NeuralPCBase, PCBase, log_event
+from .base import (
+    FIXED_SPD_KSP_TYPES,
+    FLEXIBLE_KSP_TYPES,
+    NeuralPCBase,
+    PCBase,
+    log_event,
+    read_option_table,
+)
 from .bridge import is_device_vec, vec_to_tensor
 from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
 from .modelfile import (
@@ -24,6 +31,7 @@ __all__ = [
     "FLEXIBLE_KSP_TYPES",
     "FIXED_SPD_KSP_TYPES",
     "log_event",
+    "read_option_table",
     "vec_to_tensor",
     "is_device_vec",
     "NeuralPCError",

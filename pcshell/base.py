@@ -29,7 +29,14 @@ from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFinite
 from .modelfile import INPUT_NAMES, LoadedModel, load_model
 from .operator import LocalOperator, enable_pc_set_coordinates
 
-__all__ = ["PCBase", "NeuralPCBase", "FLEXIBLE_KSP_TYPES", "FIXED_SPD_KSP_TYPES", "log_event"]
+__all__ = [
+    "PCBase",
+    "NeuralPCBase",
+    "FLEXIBLE_KSP_TYPES",
+    "FIXED_SPD_KSP_TYPES",
+    "log_event",
+    "read_option_table",
+]
 
 logger = logging.getLogger("petsc_neural.pcshell")
 
@@ -52,6 +59,25 @@ def log_event(name: str) -> PETSc.Log.Event:
     if ev is None:
         ev = _EVENTS[name] = PETSc.Log.Event(name)
     return ev
+
+
+def read_option_table(prefix: str, table: list[tuple[str, Any, str]]) -> dict[str, Any]:
+    """Read ``(name, default, help)`` options under ``prefix``, typed by their defaults.
+
+    Each read marks the option as used, so ``-options_left`` reports only typos.
+    """
+    opts = PETSc.Options(prefix)
+    out: dict[str, Any] = {}
+    for name, default, _ in table:
+        if isinstance(default, bool):
+            out[name] = opts.getBool(name, default)
+        elif isinstance(default, int):
+            out[name] = opts.getInt(name, default)
+        elif isinstance(default, float):
+            out[name] = opts.getReal(name, default)
+        else:
+            out[name] = opts.getString(name, default)
+    return out
 
 
 def _option_help(pc: PETSc.PC, prefix: str, options: list[tuple[str, Any, str]]) -> None:
@@ -223,17 +249,7 @@ class NeuralPCBase(PCBase):
     def read_options(self, pc: PETSc.PC) -> dict[str, Any]:
         """Read (and mark as used) this class's options; never called per apply."""
         prefix = self.options_prefix(pc)
-        opts = PETSc.Options(prefix)
-        out: dict[str, Any] = {}
-        for name, default, _ in self.option_table():
-            if isinstance(default, bool):
-                out[name] = opts.getBool(name, default)
-            elif isinstance(default, int):
-                out[name] = opts.getInt(name, default)
-            elif isinstance(default, float):
-                out[name] = opts.getReal(name, default)
-            else:
-                out[name] = opts.getString(name, default)
+        out = read_option_table(prefix, self.option_table())
         if out["device"] not in ("cpu", "cuda") and not str(out["device"]).startswith("cuda:"):
             raise NeuralPCError(f"-{prefix}device must be cpu or cuda, got {out['device']!r}")
         if out["dtype"] not in ("auto", "float64", "float32"):

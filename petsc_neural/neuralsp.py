@@ -102,6 +102,7 @@ from pcshell import (
     NeuralPCBase,
     NeuralPCError,
     log_event,
+    read_option_table,
 )
 
 __all__ = ["NeuraLSP"]
@@ -476,16 +477,7 @@ class NeuraLSP(NeuralPCBase):
     def read_options(self, pc: PETSc.PC) -> dict[str, Any]:
         out = super().read_options(pc)
         prefix = (pc.getOptionsPrefix() or "") + "pc_neuralsp_"
-        opts = PETSc.Options(prefix)
-        for name, default, _ in self.method_option_table():
-            if isinstance(default, bool):
-                out[name] = opts.getBool(name, default)
-            elif isinstance(default, int):
-                out[name] = opts.getInt(name, default)
-            elif isinstance(default, float):
-                out[name] = opts.getReal(name, default)
-            else:
-                out[name] = opts.getString(name, default)
+        out.update(read_option_table(prefix, self.method_option_table()))
         if out["basis"] not in ("model", "svd", "local_svd"):
             raise NeuralPCError(
                 f"-{prefix}basis must be model, svd or local_svd, got {out['basis']!r}"
