@@ -121,11 +121,30 @@ class PCBase:
     def setUp(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
         self.pc = pc
         with log_event("PCNeuralSetUp"):
-            if not self.initialized:
-                self.initialize(pc)
-                self.initialized = True
-            else:
-                self.update(pc)
+            error: Exception | None = None
+            try:
+                if not self.initialized:
+                    self.initialize(pc)
+                else:
+                    self.update(pc)
+            except Exception as exc:
+                error = exc
+            comm = pc.getComm()
+            if comm.getSize() > 1:
+                # A setup error can be rank-local (a size mismatch, a failing probe):
+                # agree on it so that every rank raises instead of some hanging.
+                msgs = comm.tompi4py().allgather(
+                    None if error is None else f"{type(error).__name__}: {error}"
+                )
+                failed = [r for r, m in enumerate(msgs) if m]
+                if failed and error is None:
+                    raise NeuralPCError(
+                        f"{type(self).__name__} setup failed on rank(s) {failed}: "
+                        f"{msgs[failed[0]]}"
+                    )
+            if error is not None:
+                raise error
+            self.initialized = True
 
     def reset(self, pc: PETSc.PC) -> None:
         self.initialized = False

@@ -245,6 +245,20 @@ def test_nonfinite_on_one_rank_does_not_hang(tmp_path, policy):
         assert ksp.getConvergedReason() > 0
 
 
+@pytest.mark.parallel(nprocs=2)
+def test_setup_error_on_one_rank_raises_on_both(tmp_path):
+    comm = PETSc.COMM_WORLD
+    A = laplacian(8, local_rows=30 if comm.rank == 0 else 34)
+    model = save(Jacobi(), tmp_path / "m.pt", n=30)  # right for rank 0 only
+    with pytest.raises(PETSc.Error) as info:
+        neural_ksp(A, model).setUp()
+    err = info.value.__cause__
+    if comm.rank == 1:
+        assert isinstance(err, ModelMismatchError) and "has 34 on rank 1" in str(err)
+    else:
+        assert "setup failed on rank(s) [1]" in str(err) and "has 34 on rank 1" in str(err)
+
+
 def test_view_shows_model_device_and_options(jacobi_model):
     A = laplacian(4)
     ksp = neural_ksp(A, jacobi_model, "cg")
