@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -281,6 +282,7 @@ def _cli_train(args: argparse.Namespace) -> int:
     net, hist = train(cfg, checkpoint=args.output, checkpoint_every=args.checkpoint_every)
     n = int(net.n) if cfg.variant == "global" else None
     meta = export(net, args.output, cfg, n, hist)
-    print(f"wrote {args.output}: {meta.training['parameters']} parameters, "
-          f"final loss {meta.training['final_loss']:.5f}, {meta.content_hash[:19]}...")
+    sys.stdout.write(f"wrote {args.output}: {meta.training['parameters']} parameters, "
+                     f"final loss {meta.training['final_loss']:.5f}, "
+                     f"{meta.content_hash[:19]}...\n")
     return 0

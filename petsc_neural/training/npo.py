@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -437,8 +438,8 @@ def _main(args: argparse.Namespace) -> int:
     if not datasets:
         path = os.path.join(workdir, f"{stem}.data.h5")
         if not os.path.exists(path):
-            print(f"recording {cfg.samples} baseline solves of {cfg.family} n={cfg.size} "
-                  f"-> {path}")
+            sys.stdout.write(f"recording {cfg.samples} baseline solves of {cfg.family} "
+                             f"n={cfg.size} -> {path}\n")
             generate_data(cfg, path + ".part", progress=not args.no_progress)
             os.replace(path + ".part", path)
         datasets = [path]
@@ -448,7 +449,8 @@ def _main(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     meta = export_model(net, args.out, cfg, hist, extra={"datasets": [os.path.basename(d)
                                                                        for d in datasets]})
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KiB, "
-          f"{meta.content_hash[:19]}...); loss {hist[0]:.3g} -> "
-          f"{np.mean(hist[-20:]):.3g} in {len(hist)} steps, {time.perf_counter() - t0:.0f} s")
+    sys.stdout.write(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KiB, "
+                     f"{meta.content_hash[:19]}...); loss {hist[0]:.3g} -> "
+                     f"{np.mean(hist[-20:]):.3g} in {len(hist)} steps, "
+                     f"{time.perf_counter() - t0:.0f} s\n")
     return 0
