@@ -416,20 +416,25 @@ class NeuralPCBase(PCBase):
                 f"model {path!r}: unknown inputs {unknown}; known: {list(INPUT_NAMES)}"
             )
 
+    def call_model(self, *args: torch.Tensor, where: str = "") -> Any:
+        """Run the network at setup; a failure is reported as a model mismatch."""
+        try:
+            with torch.inference_mode():
+                return self.model.module(*args)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            detail = f" ({where})" if where else ""
+            raise ModelMismatchError(
+                f"model {self.model.path!r} fails on this operator{detail}: "
+                f"{msg[-1] if msg else type(exc).__name__}"
+            ) from None
+
     def probe(self, path: str, n_local: int, rank: int) -> None:
         """Run the network once at setup so a shape mismatch is caught here."""
         r = torch.ones(n_local, dtype=self.dtype, device=self.device)
         if n_local:
             r /= n_local**0.5
-        try:
-            with torch.inference_mode():
-                out = self.model.module(r, *self._static)
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            raise ModelMismatchError(
-                f"model {path!r} fails on this operator ({n_local} local rows on rank "
-                f"{rank}): {msg[-1] if msg else type(exc).__name__}"
-            ) from None
+        out = self.call_model(r, *self._static, where=f"{n_local} local rows on rank {rank}")
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_local,):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelMismatchError(

@@ -642,15 +642,7 @@ class NeuraLSP(NeuralPCBase):
         logger.debug("NeuraLSP setup: %s", t)
 
     def _run(self, *args: torch.Tensor) -> torch.Tensor:
-        try:
-            with torch.inference_mode():
-                return self.model.module(*args)
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            raise ModelMismatchError(
-                f"model {self.model.path!r} fails on this operator: "
-                f"{msg[-1] if msg else type(exc).__name__}"
-            ) from None
+        return self.call_model(*args)
 
     def _global_basis(self, S: np.ndarray, rank: int, comm: PETSc.Comm) -> np.ndarray:
         if self.opts["basis"] == "svd":
