@@ -74,7 +74,11 @@ Options (prefix ``-[pc prefix]pc_neuralsp_``), besides the common
 ``-pc_neuralsp_threshold t``
     Strength-of-connection threshold of the aggregation (default 0).
 ``-pc_neuralsp_seed s``
-    Seed of the random start vectors ``S0`` (default 0).
+    Seed of the random start vectors ``S0`` (default 0).  When the PC has
+    node coordinates (``PCSetCoordinates``, which ``firedrake_problems`` and
+    GAMG users already call), ``S0`` is keyed by the coordinates, so a mesh
+    gets the same ``S0`` whatever its numbering and number of ranks;
+    otherwise by the global row.
 
 The inner PCMG has the options prefix ``-[pc prefix]neuralsp_`` (e.g.
 ``-neuralsp_mg_levels_ksp_max_it 3``, ``-neuralsp_mg_coarse_pc_type cholesky``)
@@ -101,6 +105,7 @@ from pcshell import (
     ModelMismatchError,
     NeuralPCBase,
     NeuralPCError,
+    get_coordinates,
     log_event,
     read_option_table,
 )
@@ -140,21 +145,76 @@ def start_vectors(rstart: int, rend: int, n_cols: int, seed: int) -> np.ndarray:
     return out
 
 
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on a ``uint64`` array (wrapping arithmetic), a well-mixed hash.
+
+    Hand-written because numpy's generators take one seed per generator and a
+    generator per node would cost microseconds per row.
+    """
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+    return x ^ (x >> np.uint64(31))
+
+
+def coordinate_start_vectors(
+    coordinates: np.ndarray, block_size: int, n_cols: int, seed: int
+) -> np.ndarray:
+    """Standard normal ``(n_nodes * block_size, n_cols)`` keyed by node coordinates.
+
+    Row ``node * block_size + c`` is a function of ``seed``, the bits of the
+    node's coordinates and the component ``c`` only, so a mesh gets the same
+    start vectors whatever its dof numbering and partition (Firedrake numbers
+    dofs differently on different numbers of ranks).  Box-Muller on two
+    SplitMix64 hashes per entry.
+    """
+    with np.errstate(over="ignore"):
+        X = np.ascontiguousarray(coordinates, dtype=np.float64)
+        X = np.where(X == 0.0, 0.0, X)  # -0.0 and 0.0: the same point
+        key = np.full(X.shape[0], np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+        for d in range(X.shape[1]):
+            key = _splitmix64(key ^ X[:, d].view(np.uint64))
+        key = np.repeat(key, block_size) ^ np.tile(
+            np.arange(block_size, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93), X.shape[0]
+        )
+        col = _splitmix64(np.arange(1, n_cols + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        h1 = _splitmix64(key[:, None] ^ col[None, :])
+        h2 = _splitmix64(h1 ^ np.uint64(0x632BE59BD9B4E019))
+    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53  # in (0, 1)
+    u2 = (h2 >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
 def smoothed_vectors(
-    A: PETSc.Mat, n_vectors: int, sweeps: int = 10, omega: float = 0.66, seed: int = 0
+    A: PETSc.Mat, n_vectors: int, sweeps: int = 10, omega: float = 0.66, seed: int = 0,
+    coordinates: np.ndarray | None = None,
 ) -> np.ndarray:
     """``S = (I - omega D^-1 A)^sweeps S0``, unit-norm columns; local rows ``(n_local, K)``.
 
-    ``S0`` is standard normal, a function of ``seed`` and the global row (the
-    same on any number of ranks, :func:`start_vectors`).  Each sweep is one PETSc ``MatMatMult`` of
-    ``A`` with the dense ``n x K`` block.
+    ``S0`` is standard normal, a function of ``seed`` and of the node
+    coordinates when they are given (``(n_local / bs, dim)``, e.g. from
+    ``PCSetCoordinates``: :func:`coordinate_start_vectors`, the same whatever
+    the numbering) or else of the global row (:func:`start_vectors`, the same
+    on any number of ranks for one numbering).  Each sweep is one PETSc
+    ``MatMatMult`` of ``A`` with the dense ``n x K`` block.
     """
     comm = A.getComm()
     n_local, n = A.getLocalSize()[0], A.getSize()[0]
     rstart = A.getOwnershipRange()[0]
     S = PETSc.Mat().createDense(((n_local, n), (None, n_vectors)), comm=comm)
     S.setUp()
-    S.getDenseArray()[:] = start_vectors(rstart, rstart + n_local, n_vectors, seed)
+    if coordinates is not None:
+        bs = n_local // max(coordinates.shape[0], 1) if coordinates.shape[0] else 1
+        if coordinates.shape[0] * bs != n_local:
+            raise NeuralPCError(
+                f"{coordinates.shape[0]} coordinates do not match {n_local} local rows"
+            )
+        S.getDenseArray()[:] = coordinate_start_vectors(coordinates, bs, n_vectors, seed)
+    else:
+        S.getDenseArray()[:] = start_vectors(rstart, rstart + n_local, n_vectors, seed)
     S.assemble()
     dinv = A.getDiagonal()
     dinv.reciprocal()
@@ -457,6 +517,7 @@ class NeuraLSP(NeuralPCBase):
         self.timings: dict[str, float] = {}
         self.coarse_size = 0
         self.variant = ""
+        self.start_keyed_by = "global rows"
 
     # -- options ---------------------------------------------------------------------
     def method_option_table(self) -> list[tuple[str, Any, str]]:
@@ -598,8 +659,13 @@ class NeuraLSP(NeuralPCBase):
             raise NeuralPCError(f"rank {s['rank']} exceeds the number of vectors K = {s['K']}")
         t = {}
         t0 = time.perf_counter()
+        coords = getattr(self, "pc_coordinates", None)
+        if coords is None:
+            coords = get_coordinates(pc, Pmat)
+        self.start_keyed_by = "global rows" if coords is None else "node coordinates"
         with log_event("NeuraLSPVectors"):
-            S = smoothed_vectors(Pmat, s["K"], s["sweeps"], self.opts["omega"], self.opts["seed"])
+            S = smoothed_vectors(Pmat, s["K"], s["sweeps"], self.opts["omega"], self.opts["seed"],
+                                 coordinates=coords)
         t1 = time.perf_counter()
         t["vectors"] = t1 - t0
         with log_event("NeuraLSPInfer"):
@@ -703,6 +769,8 @@ class NeuraLSP(NeuralPCBase):
             f"K = {s['K']} vectors, s1 = {s['sweeps']} Jacobi sweeps (omega "
             f"{self.opts['omega']}), smoothed P: {s['smooth_p']}, coarse size {self.coarse_size}"
         )
+        lines.append(f"random start vectors keyed by {self.start_keyed_by} (seed "
+                     f"{self.opts['seed']})")
         lines.append("setup seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in self.timings.items()))
         lines.append("inner two-level PCMG:")
         return lines

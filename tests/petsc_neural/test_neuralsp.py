@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from neuralsp_helpers import pc_matrix, problem, scipy_matrix, solve, two_level_cycle
+from neuralsp_helpers import NEURALSP, pc_matrix, problem, scipy_matrix, solve, two_level_cycle
 from petsc4py import PETSc
 
 from pcshell import ModelMismatchError, NeuralPCError
@@ -13,6 +13,7 @@ from petsc_neural.losses.neuralsp import captured_energy, nlss_loss, subspace_lo
 from petsc_neural.networks.neuralsp import LocalSubspaceNet, NeuraLSPMLP
 from petsc_neural.neuralsp import (
     aggregate,
+    coordinate_start_vectors,
     local_block_csr,
     smoothed_vectors,
     start_vectors,
@@ -134,6 +135,25 @@ def test_start_vectors_do_not_depend_on_the_partition():
     assert start_vectors(5, 5, 3, 7).shape == (0, 3)
 
 
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_coordinate_start_vectors_follow_the_nodes_not_the_numbering(block_size):
+    rng = np.random.default_rng(11)
+    X = rng.random((5000, 2))
+    X[0] = (0.0, 0.0)
+    S0 = coordinate_start_vectors(X, block_size, 6, seed=3)
+    assert S0.shape == (5000 * block_size, 6)
+    assert abs(S0.mean()) < 0.02 and abs(S0.std() - 1.0) < 0.02
+    assert abs(np.mean(S0**4) - 3.0) < 0.2  # normal, not uniform (1.8)
+    assert np.abs(np.corrcoef(S0.T) - np.eye(6)).max() < 0.05
+    perm = rng.permutation(5000)
+    rows = (perm[:, None] * block_size + np.arange(block_size)).ravel()
+    np.testing.assert_array_equal(coordinate_start_vectors(X[perm], block_size, 6, 3), S0[rows])
+    Xneg = X.copy()
+    Xneg[0] = (-0.0, -0.0)  # the same point
+    np.testing.assert_array_equal(coordinate_start_vectors(Xneg, block_size, 6, 3), S0)
+    assert not np.allclose(coordinate_start_vectors(X, block_size, 6, 4), S0)
+
+
 def test_svd_basis_spans_numpy_leading_subspace():
     S = _matrix_with_spectrum(n=40, K=12)
     U = svd_basis(S, 5, PETSc.COMM_SELF)
@@ -160,7 +180,7 @@ def test_pcmg_from_exact_svd_matches_handwritten_two_level_cycle():
     ctx = ksp.getPC().getPythonContext()
     assert ctx.coarse_size == 10 and ctx.mg.getType() == "mg"
     A = scipy_matrix(p.A)
-    S = smoothed_vectors(p.A, 16, 10, 0.66, seed=0)
+    S = smoothed_vectors(p.A, 16, 10, 0.66, seed=0, coordinates=p.coordinates)
     U = np.linalg.svd(S, full_matrices=False)[0][:, :10]
     r = np.random.default_rng(0).standard_normal(A.shape[0])
     x, y = p.A.createVecs()
@@ -185,6 +205,50 @@ def test_served_pc_is_symmetric_and_cg_converges(basis):
     M = pc_matrix(ksp.getPC(), p.A.getSize()[0])
     assert np.abs(M - M.T).max() <= 1e-10 * np.abs(M).max()
     assert np.linalg.eigvalsh(0.5 * (M + M.T)).min() > 0  # SPD: valid for CG
+
+
+def test_served_pc_does_not_depend_on_the_dof_numbering(tmp_path):
+    """With coordinates, a renumbered mesh gets the same S0, coarse space and iterates."""
+    import scipy.sparse as sp
+
+    p = problem("diffusion", 10, seed=4)
+    perm = np.random.default_rng(5).permutation(p.A.getSize()[0])
+    M = sp.csr_matrix(scipy_matrix(p.A))[perm][:, perm].tocsr()
+    Ap = PETSc.Mat().createAIJ(M.shape, csr=(M.indptr.astype(PETSc.IntType),
+                                             M.indices.astype(PETSc.IntType), M.data),
+                               comm=PETSc.COMM_SELF)
+    Ap.assemble()
+    bp = PETSc.Vec().createWithArray(p.b.getArray()[perm].copy(), comm=PETSc.COMM_SELF)
+    opts = {**NEURALSP, "pc_neuralsp_basis": "svd", "pc_neuralsp_rank": 12,
+            "pc_neuralsp_vectors": 24}
+    x, ksp = p.solve(opts)
+    xs, its = [], []
+    for A, b, coords in ((p.A, p.b, p.coordinates), (Ap, bp, p.coordinates[perm])):
+        k = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+        k.setOptionsPrefix("numbering_")
+        for key, v in opts.items():
+            PETSc.Options()["numbering_" + key] = v
+        k.setOperators(A)
+        k.setFromOptions()
+        k.getPC().setCoordinates(coords)
+        y = A.createVecRight()
+        k.solve(b, y)
+        assert k.getConvergedReason() > 0
+        assert "keyed by node coordinates" in _view(k, tmp_path / "view.txt")
+        its.append(k.getIterationNumber())
+        xs.append(y.getArray().copy())
+        k.destroy()
+    for key in opts:
+        PETSc.Options().delValue("numbering_" + key)
+    assert its[0] == its[1] == ksp.getIterationNumber(), its
+    np.testing.assert_allclose(xs[1], xs[0][perm], rtol=1e-8, atol=1e-10 * np.abs(xs[0]).max())
+
+
+def _view(ksp: PETSc.KSP, path) -> str:
+    viewer = PETSc.Viewer().createASCII(str(path), comm=PETSc.COMM_SELF)
+    ksp.view(viewer)
+    viewer.destroy()
+    return path.read_text()
 
 
 def _tiny_global(tmp_path, loss="nlss", steps=80):
