@@ -260,12 +260,32 @@ def local_block_csr(A: PETSc.Mat) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(n, block.getSize()[1]))
 
 
-def aggregate(A_local: sp.csr_matrix, threshold: float = 0.0) -> tuple[np.ndarray, int]:
+def coordinate_order(coordinates: np.ndarray, n_rows: int) -> np.ndarray | None:
+    """Rows in lexicographic order of their node coordinates (last axis first), or ``None``.
+
+    ``None`` when the coordinates do not match ``n_rows`` (``n_rows / bs``
+    nodes).  Visiting the rows in this order makes :func:`aggregate` a
+    function of the mesh, not of the dof numbering: a rank's interior gets
+    the aggregates a serial run gets.
+    """
+    n_nodes = coordinates.shape[0]
+    if n_nodes == 0 or n_rows % n_nodes:
+        return None
+    bs = n_rows // n_nodes
+    nodes = np.lexsort(np.asarray(coordinates, dtype=np.float64).T)
+    return (nodes[:, None] * bs + np.arange(bs)).ravel()
+
+
+def aggregate(
+    A_local: sp.csr_matrix, threshold: float = 0.0, order: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Greedy aggregation of the graph of ``A_local`` (Vaněk-Mandel-Brezina phases 1-3).
 
     Returns ``(agg, n_agg)``: the aggregate of each row, ``-1`` for rows with
     no off-diagonal entry at all (Dirichlet rows, which the smoother solves
-    exactly enough and which get no coarse dof).  Hand-written because PETSc's
+    exactly enough and which get no coarse dof).  Rows are visited in
+    ``order`` (default: their local numbering; :func:`coordinate_order` makes
+    the result independent of the numbering).  Hand-written because PETSc's
     own aggregation (inside PCGAMG) is not exposed through petsc4py; it runs
     once per setup in O(nnz).
     """
@@ -277,15 +297,19 @@ def aggregate(A_local: sp.csr_matrix, threshold: float = 0.0) -> tuple[np.ndarra
     has_nbr[C.row[off]] = True
     d = np.abs(A.diagonal())
     strong = off & (np.abs(C.data) > threshold * np.sqrt(d[C.row] * d[C.col]))
-    Gs = sp.csr_matrix(
-        (np.ones(int(strong.sum())), (C.row[strong], C.col[strong])), shape=(n, n)
-    )
-    Gs = ((Gs + Gs.T) > 0).tocsr()
-    ptr, idx = Gs.indptr, Gs.indices
+    # Strength |a_ij| / sqrt(a_ii a_jj) on the symmetrised strong graph.
+    w = np.abs(C.data[strong]) / np.sqrt(d[C.row[strong]] * d[C.col[strong]])
+    Gs = sp.csr_matrix((w, (C.row[strong], C.col[strong])), shape=(n, n))
+    Gs = Gs.maximum(Gs.T).tocsr()
+    Gs.sort_indices()
+    ptr, idx, wts = Gs.indptr, Gs.indices, Gs.data
     agg = np.full(n, -2, dtype=np.int64)  # -2: not yet aggregated
     agg[~has_nbr] = -1
+    visit = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+    if visit.shape != (n,):
+        raise ValueError(f"order has {visit.size} entries for {n} rows")
     k = 0
-    for i in range(n):  # phase 1: a node and all its neighbours, if all are free
+    for i in visit:  # phase 1: a node and all its neighbours, if all are free
         if agg[i] != -2:
             continue
         nb = idx[ptr[i] : ptr[i + 1]]
@@ -293,13 +317,17 @@ def aggregate(A_local: sp.csr_matrix, threshold: float = 0.0) -> tuple[np.ndarra
             agg[i] = k
             agg[nb] = k
             k += 1
-    for i in np.flatnonzero(agg == -2):  # phase 2: join a neighbouring aggregate
+    for i in visit[agg[visit] == -2]:  # phase 2: join the most strongly connected aggregate
         nb = idx[ptr[i] : ptr[i + 1]]
         a = agg[nb]
-        a = a[a >= 0]
-        if a.size:
-            agg[i] = a[0]
-    for i in np.flatnonzero(agg == -2):  # phase 3: new aggregates from what is left
+        ok = a >= 0
+        if ok.any():
+            # Ties (equal strengths) go to the oldest aggregate: no dependence on the
+            # column numbering.
+            a, wa = a[ok], wts[ptr[i] : ptr[i + 1]][ok]
+            best = wa >= wa.max() * (1.0 - 1e-12)
+            agg[i] = a[best].min()
+    for i in visit[agg[visit] == -2]:  # phase 3: new aggregates from what is left
         if agg[i] != -2:
             continue
         nb = idx[ptr[i] : ptr[i + 1]]
@@ -674,7 +702,9 @@ class NeuraLSP(NeuralPCBase):
                 t2 = time.perf_counter()
                 T = dense_prolongator(U, comm)
             else:
-                agg, n_agg = aggregate(local_block_csr(Pmat), self.opts["threshold"])
+                A_local = local_block_csr(Pmat)
+                order = None if coords is None else coordinate_order(coords, A_local.shape[0])
+                agg, n_agg = aggregate(A_local, self.opts["threshold"], order)
                 S_pad, mask, rows = pad_aggregates(S, agg, n_agg)
                 if s["constant"]:
                     S_pad = project_out_constant(S_pad, mask)

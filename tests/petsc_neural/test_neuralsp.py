@@ -207,8 +207,9 @@ def test_served_pc_is_symmetric_and_cg_converges(basis):
     assert np.linalg.eigvalsh(0.5 * (M + M.T)).min() > 0  # SPD: valid for CG
 
 
-def test_served_pc_does_not_depend_on_the_dof_numbering(tmp_path):
-    """With coordinates, a renumbered mesh gets the same S0, coarse space and iterates."""
+@pytest.mark.parametrize("basis,rank", [("svd", 12), ("local_svd", 2)])
+def test_served_pc_does_not_depend_on_the_dof_numbering(tmp_path, basis, rank):
+    """With coordinates, a renumbered mesh gets the same S0, aggregates, coarse space, iterates."""
     import scipy.sparse as sp
 
     p = problem("diffusion", 10, seed=4)
@@ -219,7 +220,7 @@ def test_served_pc_does_not_depend_on_the_dof_numbering(tmp_path):
                                comm=PETSc.COMM_SELF)
     Ap.assemble()
     bp = PETSc.Vec().createWithArray(p.b.getArray()[perm].copy(), comm=PETSc.COMM_SELF)
-    opts = {**NEURALSP, "pc_neuralsp_basis": "svd", "pc_neuralsp_rank": 12,
+    opts = {**NEURALSP, "pc_neuralsp_basis": basis, "pc_neuralsp_rank": rank,
             "pc_neuralsp_vectors": 24}
     x, ksp = p.solve(opts)
     xs, its = [], []
@@ -333,8 +334,9 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
         opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=2, pc_neuralsp_vectors=12)
     else:
         opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=24, pc_neuralsp_vectors=64)
-    # Firedrake numbers the dofs differently on 1 and 2 ranks, so the random start
-    # vectors differ too: compare medians over three seeds of S0.
+    # Firedrake numbers the dofs differently on 1 and 2 ranks; the PC gets the
+    # coordinates (Problem.solve), so S0 and the interior aggregates do not depend on
+    # that numbering.  Medians over three seeds of S0.
     its = []
     for comm in (PETSc.COMM_SELF.tompi4py(), PETSc.COMM_WORLD.tompi4py()):
         p = problem("diffusion", 24, seed=3, comm=comm)
@@ -345,4 +347,6 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
             runs.append(ksp.getIterationNumber())
         its.append(float(np.median(runs)))
     serial, parallel = its
-    assert abs(parallel - serial) <= max(1, 0.1 * serial), its
+    assert abs(parallel - serial) <= 0.1 * serial, its
+    if basis == "svd":  # a global basis: the same S0, the same subspace, the same iterations
+        assert parallel == serial, its
