@@ -168,9 +168,10 @@ def coordinate_start_vectors(
     Row ``node * block_size + c`` is a function of ``seed``, the bits of the
     node's coordinates and the component ``c`` only, so a mesh gets the same
     start vectors whatever its dof numbering and partition (Firedrake numbers
-    dofs differently on different numbers of ranks).  Box-Muller on two
-    SplitMix64 hashes per entry.
+    dofs differently on different numbers of ranks).  Box-Muller: one
+    SplitMix64 hash per entry pair gives two 32-bit uniforms, hence two normals.
     """
+    n_pairs = (int(n_cols) + 1) // 2
     with np.errstate(over="ignore"):
         X = np.ascontiguousarray(coordinates, dtype=np.float64)
         X = np.where(X == 0.0, 0.0, X)  # -0.0 and 0.0: the same point
@@ -180,12 +181,17 @@ def coordinate_start_vectors(
         key = np.repeat(key, block_size) ^ np.tile(
             np.arange(block_size, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93), X.shape[0]
         )
-        col = _splitmix64(np.arange(1, n_cols + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        h1 = _splitmix64(key[:, None] ^ col[None, :])
-        h2 = _splitmix64(h1 ^ np.uint64(0x632BE59BD9B4E019))
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53  # in (0, 1)
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) / 2.0**53
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        col = np.arange(1, n_pairs + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        col = _splitmix64(col)
+        h = _splitmix64(key[:, None] ^ col[None, :])
+    # float32 transcendentals (SIMD in numpy, 4x faster): start vectors need no more.
+    u1 = ((h >> np.uint64(40)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-24)
+    theta = (h & np.uint64(0xFFFFFF)).astype(np.float32) * np.float32(2.0 * np.pi * 2.0**-24)
+    r = np.sqrt(np.float32(-2.0) * np.log(u1))
+    out = np.empty((h.shape[0], 2 * n_pairs))
+    out[:, 0::2] = r * np.cos(theta)
+    out[:, 1::2] = r * np.sin(theta)
+    return out[:, : int(n_cols)]
 
 
 def smoothed_vectors(
