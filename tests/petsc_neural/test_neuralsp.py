@@ -324,12 +324,12 @@ def test_local_model_transfers_to_a_finer_mesh(tmp_path):
 def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
     assert PETSc.COMM_WORLD.size == 2
     if basis == "model":  # the distributable learned variant (same model on both ranks)
-        cfg = TrainConfig(family="diffusion", variant="local", size=8, n_vectors=12, rank=2,
+        cfg = TrainConfig(family="anisotropic", variant="local", size=8, n_vectors=12, rank=2,
                           steps=60, train_problems=1, dtype="float64", batch_aggregates=64)
         net, hist = train(cfg, log_every=0)
         path = str(tmp_path / f"local{PETSc.COMM_WORLD.rank}.pt")
         export(net, path, cfg, None, hist)
-        opts = dict(pc_neural_model=path, pc_neuralsp_rank=3)
+        opts = dict(pc_neural_model=path, pc_neuralsp_rank=2)
     elif basis == "local_svd":
         opts = dict(pc_neuralsp_basis=basis, pc_neuralsp_rank=2, pc_neuralsp_vectors=12)
     else:
@@ -339,7 +339,7 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
     # that numbering.  Medians over three seeds of S0.
     its = []
     for comm in (PETSc.COMM_SELF.tompi4py(), PETSc.COMM_WORLD.tompi4py()):
-        p = problem("diffusion", 24, seed=3, comm=comm)
+        p = problem("anisotropic", 48, seed=3, comm=comm)
         runs = []
         for seed in range(3):
             _, ksp = solve(p, pc_neuralsp_seed=seed, **opts)
@@ -347,6 +347,7 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
             runs.append(ksp.getIterationNumber())
         its.append(float(np.median(runs)))
     serial, parallel = its
+    assert serial >= 10, its  # so that 10% is at least one iteration
     assert abs(parallel - serial) <= 0.1 * serial, its
     if basis == "svd":  # a global basis: the same S0, the same subspace, the same iterations
         assert parallel == serial, its
