@@ -102,11 +102,13 @@ class PCBase:
 
     def __init__(self) -> None:
         self.initialized = False
-        self.pc: PETSc.PC | None = None
 
     # -- petsc4py python-PC protocol -------------------------------------------------
     def create(self, pc: PETSc.PC) -> None:
-        self.pc = pc
+        # The context must not keep a petsc4py reference to its PC: that is a
+        # reference cycle through PETSc's refcount (PC -> context -> PC) that
+        # Python's collector cannot see, so the PC and everything set up on it
+        # would never be destroyed.
         # PCSetCoordinates on a python PC is a no-op unless we compose it.
         self.pc_coordinates: np.ndarray | None = None
         ref = weakref.ref(self)
@@ -119,7 +121,6 @@ class PCBase:
         self._setcoords_cb = enable_pc_set_coordinates(pc, store)
 
     def setUp(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
-        self.pc = pc
         with log_event("PCNeuralSetUp"):
             error: Exception | None = None
             try:
@@ -151,7 +152,6 @@ class PCBase:
 
     def destroy(self, pc: PETSc.PC) -> None:
         self.reset(pc)
-        self.pc = None
 
     def preSolve(self, pc: PETSc.PC, ksp: PETSc.KSP, b: PETSc.Vec, x: PETSc.Vec) -> None:  # noqa: N802
         """Called by KSPSolve: the one place a PC sees its Krylov method."""

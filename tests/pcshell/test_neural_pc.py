@@ -315,3 +315,27 @@ def test_update_refreshes_values_without_reloading(jacobi_model):
     ksp.getPC().apply(r, y2)
     assert ctx.model.module is module and ctx.op.csr is csr  # same objects, new values
     np.testing.assert_allclose(y2.getArray(), 0.5 * y1.getArray(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("coordinates", [False, True])
+def test_destroying_the_ksp_destroys_the_python_context(tmp_path, coordinates):
+    """No reference cycle PC -> context -> PC: the context and its setup data are freed."""
+    import gc
+    import weakref
+
+    A = laplacian(6)
+    ksp = neural_ksp(A, save(Jacobi(), tmp_path / "j.pt", linear=True), "cg")
+    if coordinates:
+        xy = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0)), axis=-1).reshape(-1, 2)
+        ksp.getPC().setCoordinates(xy)
+    x, _ = solve(ksp, rhs(A))
+    assert ksp.getConvergedReason() > 0
+    ctx = ksp.getPC().getPythonContext()
+    calls = []
+    ctx.destroy = lambda pc: calls.append("destroy")
+    ref = weakref.ref(ctx)
+    del ctx
+    ksp.destroy()
+    gc.collect()
+    assert calls == ["destroy"]
+    assert ref() is None
