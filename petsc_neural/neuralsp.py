@@ -2,7 +2,8 @@
 
 Seed 001 (Benanti, Han, Qin, *NeuraLSP*).  At setup, and only then:
 
-1. ``K`` random vectors are smoothed with damped Jacobi,
+1. ``K`` random vectors (keyed by the node coordinates when the PC has
+   them, else by the global row) are smoothed with damped Jacobi,
    ``S = (I - omega D^-1 A)^s1 S0`` (§3.3), with PETSc (``MatMatMult`` of the
    operator with a dense ``n x K`` matrix), and each column scaled to unit norm;
 2. a network maps ``S`` to an orthonormal basis ``Q`` (QR inside the network)
@@ -23,7 +24,9 @@ Two kinds of model (``pcshell`` model files with method ``"neuralsp"``):
 ``variant = "local"`` (ours: distributable and mesh-size independent)
     :class:`~petsc_neural.networks.neuralsp.LocalSubspaceNet`: the nodes each
     rank owns are grouped into aggregates (greedy graph aggregation of the
-    local diagonal block, as smoothed aggregation does), each aggregate keeps
+    local diagonal block, as smoothed aggregation does; nodes visited in
+    coordinate order when the PC has coordinates, so the aggregates do not
+    depend on the dof numbering), each aggregate keeps
     its constant vector (smoothed aggregation's tentative prolongator; without
     it the two-level iteration counts grow with N, because 10 Jacobi sweeps do
     not make ``S`` smooth at the aggregate scale), one shared-weight network
