@@ -172,7 +172,7 @@ def coordinate_start_vectors(
     node's coordinates and the component ``c`` only, so a mesh gets the same
     start vectors whatever its dof numbering and partition (Firedrake numbers
     dofs differently on different numbers of ranks).  Box-Muller: one
-    SplitMix64 hash per entry pair gives two 32-bit uniforms, hence two normals.
+    SplitMix64 hash per entry pair gives two 24-bit uniforms, hence two normals.
     """
     n_pairs = (int(n_cols) + 1) // 2
     with np.errstate(over="ignore"):
