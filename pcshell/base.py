@@ -27,7 +27,7 @@ from petsc4py import PETSc
 from .bridge import is_device_vec, vec_to_tensor
 from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
 from .modelfile import INPUT_NAMES, LoadedModel, load_model
-from .operator import LocalOperator, enable_pc_set_coordinates
+from .operator import LocalOperator, enable_pc_set_coordinates, get_coordinates
 
 __all__ = [
     "PCBase",
@@ -119,6 +119,11 @@ class PCBase:
                 ctx.pc_coordinates = coords
 
         self._setcoords_cb = enable_pc_set_coordinates(pc, store)
+
+    def node_coordinates(self, pc: PETSc.PC, P: PETSc.Mat | None = None) -> np.ndarray | None:
+        """Coordinates given by ``PCSetCoordinates``, else composed on ``pc`` or ``P``."""
+        coords = getattr(self, "pc_coordinates", None)
+        return coords if coords is not None else get_coordinates(pc, P)
 
     def setUp(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
         with log_event("PCNeuralSetUp"):
@@ -346,7 +351,7 @@ class NeuralPCBase(PCBase):
         self.nonlinear = not meta.linear
         self.check_inputs(path, meta.inputs)
         self.op = LocalOperator(P, dtype=dtype, device=device, pc=pc,
-                                coordinates=getattr(self, "pc_coordinates", None))
+                                coordinates=self.node_coordinates(pc, P))
         self._static = self.static_inputs()
         self._alloc_buffers(n_local)
         # A linear network is positively homogeneous already: scaling it is a no-op

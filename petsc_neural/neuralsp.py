@@ -108,7 +108,6 @@ from pcshell import (
     ModelMismatchError,
     NeuralPCBase,
     NeuralPCError,
-    get_coordinates,
     log_event,
     read_option_table,
 )
@@ -216,8 +215,9 @@ def smoothed_vectors(
     S = PETSc.Mat().createDense(((n_local, n), (None, n_vectors)), comm=comm)
     S.setUp()
     if coordinates is not None:
-        bs = n_local // max(coordinates.shape[0], 1) if coordinates.shape[0] else 1
-        if coordinates.shape[0] * bs != n_local:
+        n_nodes = coordinates.shape[0]
+        bs = n_local // n_nodes if n_nodes else 1
+        if n_nodes * bs != n_local:
             raise NeuralPCError(
                 f"{coordinates.shape[0]} coordinates do not match {n_local} local rows"
             )
@@ -696,9 +696,7 @@ class NeuraLSP(NeuralPCBase):
             raise NeuralPCError(f"rank {s['rank']} exceeds the number of vectors K = {s['K']}")
         t = {}
         t0 = time.perf_counter()
-        coords = getattr(self, "pc_coordinates", None)
-        if coords is None:
-            coords = get_coordinates(pc, Pmat)
+        coords = self.node_coordinates(pc, Pmat)
         self.start_keyed_by = "global rows" if coords is None else "node coordinates"
         with log_event("NeuraLSPVectors"):
             S = smoothed_vectors(Pmat, s["K"], s["sweeps"], self.opts["omega"], self.opts["seed"],

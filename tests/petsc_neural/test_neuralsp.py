@@ -224,23 +224,25 @@ def test_served_pc_does_not_depend_on_the_dof_numbering(tmp_path, basis, rank):
             "pc_neuralsp_vectors": 24}
     x, ksp = p.solve(opts)
     xs, its = [], []
-    for A, b, coords in ((p.A, p.b, p.coordinates), (Ap, bp, p.coordinates[perm])):
-        k = PETSc.KSP().create(comm=PETSc.COMM_SELF)
-        k.setOptionsPrefix("numbering_")
-        for key, v in opts.items():
-            PETSc.Options()["numbering_" + key] = v
-        k.setOperators(A)
-        k.setFromOptions()
-        k.getPC().setCoordinates(coords)
-        y = A.createVecRight()
-        k.solve(b, y)
-        assert k.getConvergedReason() > 0
-        assert "keyed by node coordinates" in _view(k, tmp_path / "view.txt")
-        its.append(k.getIterationNumber())
-        xs.append(y.getArray().copy())
-        k.destroy()
-    for key in opts:
-        PETSc.Options().delValue("numbering_" + key)
+    for key, v in opts.items():  # read at setup: kept until both solves are done
+        PETSc.Options()["numbering_" + key] = v
+    try:
+        for A, b, coords in ((p.A, p.b, p.coordinates), (Ap, bp, p.coordinates[perm])):
+            k = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+            k.setOptionsPrefix("numbering_")
+            k.setOperators(A)
+            k.setFromOptions()
+            k.getPC().setCoordinates(coords)
+            y = A.createVecRight()
+            k.solve(b, y)
+            assert k.getConvergedReason() > 0
+            assert "keyed by node coordinates" in _view(k, tmp_path / "view.txt")
+            its.append(k.getIterationNumber())
+            xs.append(y.getArray().copy())
+            k.destroy()
+    finally:
+        for key in opts:
+            PETSc.Options().delValue("numbering_" + key)
     assert its[0] == its[1] == ksp.getIterationNumber(), its
     np.testing.assert_allclose(xs[1], xs[0][perm], rtol=1e-8, atol=1e-10 * np.abs(xs[0]).max())
 
