@@ -42,6 +42,8 @@ import numpy as np
 from firedrake.petsc import PETSc
 from mpi4py import MPI
 
+from pcshell.mats import gather_scipy  # petsc4py only: no torch
+
 from .core import Problem
 from .registry import make_problem
 
@@ -96,26 +98,12 @@ def _gather_vec(v: PETSc.Vec) -> np.ndarray | None:
 
 
 def _gather_csr(A: PETSc.Mat) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    comm = A.getComm().tompi4py()
-    indptr, indices, data = A.getValuesCSR()
-    parts = comm.gather(
-        (
-            np.asarray(indptr, np.int64),
-            np.asarray(indices, np.int64),
-            np.asarray(data, np.float64).copy(),
-        ),
-        root=0,
-    )
-    if comm.rank != 0:
+    """``(indptr, indices, data)`` of all of ``A`` on rank 0 (None elsewhere)."""
+    M = gather_scipy(A)
+    if M is None:
         return None
-    ptrs, idx, vals = [np.zeros(1, np.int64)], [], []
-    offset = 0
-    for p, i, d in parts:
-        ptrs.append(p[1:] + offset)
-        offset += int(p[-1])
-        idx.append(i)
-        vals.append(d)
-    return np.concatenate(ptrs), np.concatenate(idx), np.concatenate(vals)
+    return (np.asarray(M.indptr, np.int64), np.asarray(M.indices, np.int64),
+            np.asarray(M.data, np.float64))
 
 
 def record_krylov_solve(problem: Problem, solver_parameters: Mapping[str, Any]) -> dict | None:

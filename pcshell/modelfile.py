@@ -5,7 +5,7 @@ A model file is a TorchScript archive (``torch.jit.save``) whose extra file
 ``torch.jit.load``, which reads TorchScript code and tensors only: no Python
 pickle of arbitrary objects is ever executed.
 
-Metadata schema (format version 1)::
+Metadata schema (format version 2)::
 
     {
       "format": "petsc-neural-model",
@@ -18,7 +18,7 @@ Metadata schema (format version 1)::
       "inputs": ["residual", ...],                 # forward's positional arguments, see below
       "linear": true | false,                      # is forward linear in the residual?
       "training": {...},                           # free-form: configuration, losses, seed
-      "content_hash": "sha256:...",                # of the code and parameters, checked on load
+      "content_hash": "sha256:...",                # of the whole file (content_hash()), checked on load
       "torch_version": "2.13.0", "created": "2026-...Z"
     }
 
@@ -41,6 +41,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 FORMAT = "petsc-neural-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_NAME = "petsc_neural.json"
 INPUT_NAMES = ("residual", "operator", "diagonal", "coordinates", "near_nullspace")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -91,9 +92,12 @@ class ModelMetadata:
         if self.format != FORMAT:
             raise ModelFileError(f"not a petsc-neural model (format {self.format!r})")
         if self.format_version != FORMAT_VERSION:
+            why = (": its hash covered the forward code and weights only, not the whole "
+                   "file; export the model again with this petsc-neural"
+                   if self.format_version == 1 else "")
             raise ModelFileError(
                 f"model format version {self.format_version} is not supported "
-                f"(this petsc-neural reads version {FORMAT_VERSION})"
+                f"(this petsc-neural reads version {FORMAT_VERSION}){why}"
             )
         if self.dtype not in _DTYPES:
             raise ModelFileError(f"model dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")
@@ -150,27 +154,44 @@ def quiet_jit() -> Iterator[None]:
         yield
 
 
-def content_hash(module: torch.jit.ScriptModule) -> str:
-    """sha256 over the module's TorchScript code and every parameter/buffer.
+# Records of a TorchScript archive that change on every save without changing the
+# model: PyTorch's random serialization id.
+_VOLATILE_RECORDS = (".data/serialization_id",)
 
-    Computed from what is loaded, not from the file's bytes, so the hash can
-    be stored inside the file and re-checked after loading.
+
+def _record_name(name: str) -> str:
+    """An archive record's name without the archive's top-level folder (the file stem)."""
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def content_hash(data: bytes | str | os.PathLike) -> str:
+    """sha256 over a whole model file: every code unit, constant, tensor and the metadata.
+
+    ``data`` is the file's bytes or its path.  Every record of the TorchScript
+    archive (the code of every method of every submodule, constants, tensor
+    data, ...) enters the hash by name and content, except PyTorch's random
+    serialization id; the metadata enters as canonical JSON with its own
+    ``content_hash`` field blank.  Editing any of them, a batched forward or
+    one metadata value, changes the hash.
     """
+    raw = data if isinstance(data, bytes) else open(os.fspath(data), "rb").read()
     h = hashlib.sha256()
-    h.update(module.code.encode())
-    for name, sub in sorted(module.named_modules(), key=lambda kv: kv[0]):
-        if name:
-            h.update(name.encode())
-            try:
-                h.update(sub.code.encode())
-            except (AttributeError, RuntimeError):  # containers have no forward
-                pass
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            names = sorted(z.namelist(), key=_record_name)
+            for name in names:
+                rec = _record_name(name)
+                if rec in _VOLATILE_RECORDS:
+                    continue
+                body = z.read(name)
+                if rec == "extra/" + _META_NAME:
+                    meta = json.loads(body.decode())
+                    meta["content_hash"] = ""
+                    body = json.dumps(meta, sort_keys=True).encode()
+                h.update(rec.encode() + b"\0" + len(body).to_bytes(8, "little"))
+                h.update(body)
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ModelFileError(f"model file is corrupt or not a TorchScript archive: {exc}") from None
     return "sha256:" + h.hexdigest()
 
 
@@ -213,20 +234,24 @@ def save_model(
     scripted = scripted.eval()
     metadata.torch_version = torch.__version__
     metadata.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    # Hash the module as a reader will see it: TorchScript may print code
-    # differently after a save/load (e.g. names of reassigned variables), so
-    # the hash is taken from a loaded copy of the very bytes we write.
-    plain = io.BytesIO()
-    with quiet_jit():
-        torch.jit.save(scripted, plain)
-        plain.seek(0)
-        canonical = torch.jit.load(plain, map_location="cpu")
-    metadata.content_hash = content_hash(canonical)
+    metadata.content_hash = ""
     metadata.validate()
-    buf = io.BytesIO()
-    with quiet_jit():
-        torch.jit.save(scripted, buf, _extra_files={_META_NAME: metadata.to_json()})
-    atomic_write_bytes(path, buf.getvalue())
+
+    def archive(meta: ModelMetadata) -> bytes:
+        buf = io.BytesIO()
+        with quiet_jit():
+            torch.jit.save(scripted, buf, _extra_files={_META_NAME: meta.to_json()})
+        return buf.getvalue()
+
+    # The hash covers the metadata with its hash field blank, so it is computed
+    # on a first archive and written into the second; the records are the same
+    # in both (checked: the hash of the bytes written is the hash stored).
+    metadata.content_hash = content_hash(archive(metadata))
+    data = archive(metadata)
+    if content_hash(data) != metadata.content_hash:  # pragma: no cover - torch changed
+        raise ModelFileError("TorchScript wrote different archives for the same model; "
+                             "cannot hash the file")
+    atomic_write_bytes(path, data)
     return metadata
 
 
@@ -239,7 +264,8 @@ def load_model(
     """Load and validate a model file.
 
     Raises :class:`ModelFileError` when the file is missing, unreadable,
-    corrupt, lacks metadata or fails its content hash, and
+    corrupt, lacks metadata or fails its content hash (checked before any of
+    its code is loaded), and
     :class:`ModelMismatchError` when it was made for another ``method``.
     """
     path = os.fspath(path)
@@ -247,27 +273,44 @@ def load_model(
         raise ModelFileError(f"model file {path!r} does not exist")
     if not os.path.isfile(path):
         raise ModelFileError(f"model file {path!r} is not a regular file")
-    extra = {_META_NAME: ""}
+    with open(path, "rb") as f:
+        raw = f.read()
+    # Metadata and hash are checked from the archive's records before any
+    # TorchScript is loaded: a modified file never gets to run.
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            records = {_record_name(n): n for n in z.namelist()}
+            meta_name = records.get("extra/" + _META_NAME)
+            meta_text = z.read(meta_name).decode() if meta_name else ""
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise ModelFileError(
+            f"model file {path!r} is corrupt or not a TorchScript archive: {exc}"
+        ) from None
+    if not meta_text:
+        kind = "TorchScript" if any(r.startswith("code/") for r in records) else "a zip archive"
+        raise ModelFileError(
+            f"model file {path!r} is {kind} but has no petsc-neural metadata; "
+            "save it with pcshell.save_model (or petsc_neural.TorchScriptPC.export)"
+        )
+    try:
+        meta = ModelMetadata.from_json(meta_text)
+    except ModelFileError as exc:
+        raise ModelFileError(f"model file {path!r}: {exc}") from None
+    actual = content_hash(raw)
+    if actual != meta.content_hash:
+        raise ModelFileError(
+            f"model file {path!r} fails its content hash (stored {meta.content_hash[:19]}..., "
+            f"computed {actual[:19]}...): its code, weights or metadata were modified after "
+            "it was saved"
+        )
     try:
         with quiet_jit():
-            module = torch.jit.load(path, map_location=device, _extra_files=extra)
+            module = torch.jit.load(io.BytesIO(raw), map_location=device)
     except Exception as exc:  # torch raises RuntimeError/ValueError for bad archives
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
             f"model file {path!r} is corrupt or not a TorchScript archive: {first}"
         ) from None
-    if not extra[_META_NAME]:
-        raise ModelFileError(
-            f"model file {path!r} is TorchScript but has no petsc-neural metadata; "
-            "save it with pcshell.save_model (or petsc_neural.TorchScriptPC.export)"
-        )
-    meta = ModelMetadata.from_json(extra[_META_NAME])
-    actual = content_hash(module)
-    if actual != meta.content_hash:
-        raise ModelFileError(
-            f"model file {path!r} fails its content hash (stored {meta.content_hash[:19]}..., "
-            f"computed {actual[:19]}...): it was modified after it was saved"
-        )
     if method is not None and meta.method != method:
         raise ModelMismatchError(
             f"model file {path!r} holds a {meta.method!r} model, but this preconditioner "

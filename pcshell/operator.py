@@ -19,17 +19,18 @@ import torch
 from petsc4py import PETSc
 
 from .errors import NeuralPCError
+from .mats import local_block
 
 __all__ = [
     "LocalOperator",
     "set_coordinates",
     "get_coordinates",
+    "dm_coordinates",
     "COORDINATES_KEY",
     "enable_pc_set_coordinates",
 ]
 
 COORDINATES_KEY = "petsc_neural_coordinates"
-_CSR_TYPES = ("seqaij", "seqaijcusparse", "seqaijkokkos")
 
 
 def set_coordinates(obj: PETSc.PC | PETSc.Mat, coordinates: np.ndarray) -> None:
@@ -114,17 +115,30 @@ def get_coordinates(*objs: PETSc.Object) -> np.ndarray | None:
     return None
 
 
-def _local_block(P: PETSc.Mat) -> PETSc.Mat:
-    if P.getType() in ("python", "shell", "nest"):
-        raise NeuralPCError(
-            f"the preconditioning matrix is of type {P.getType()!r}: a neural "
-            "preconditioner needs an assembled matrix (use mat_type aij)"
-        )
-    block = P.getDiagonalBlock() if P.getComm().getSize() > 1 else P
-    if block.getType() not in _CSR_TYPES:
-        # BAIJ/SBAIJ/dense: convert once at setup to read it as CSR.
-        block = block.convert("seqaij")
-    return block
+def dm_coordinates(pc: PETSc.PC) -> np.ndarray | None:
+    """Node coordinates of the DMDA attached to ``pc`` (local nodes, x fastest).
+
+    The DMDA's own coordinates when it has them (``DMDASetUniformCoordinates``),
+    else uniform ones on the unit cube from the grid indices: PETSc's DMDA
+    tutorials (``ksp/ex29``, ``ex45``, ``ex50``) then give a neural PC the
+    geometry it was trained with.  ``None`` without a DMDA.
+    """
+    try:
+        dm = pc.getDM()
+    except PETSc.Error:
+        return None
+    if dm is None or dm.handle == 0 or dm.getType() != "da":
+        return None
+    dim = dm.getDim()
+    c = dm.getCoordinates()
+    if c is not None and c.handle != 0 and c.getLocalSize() > 0:
+        return c.getArray(readonly=True).reshape(-1, dim).copy()
+    (starts, widths) = dm.getCorners()
+    sizes = dm.getSizes()
+    axes = [(np.arange(starts[d], starts[d] + widths[d]) / max(sizes[d] - 1, 1))
+            for d in range(dim)]
+    grids = np.meshgrid(*axes[::-1], indexing="ij")  # last axis slowest: x runs fastest
+    return np.stack([g.ravel() for g in grids[::-1]], axis=1)
 
 
 class LocalOperator:
@@ -132,8 +146,8 @@ class LocalOperator:
 
     Attributes: ``csr`` (sparse CSR, the local diagonal block), ``diagonal``,
     ``block_size``, ``near_nullspace`` (``(n, k)`` or ``None``),
-    ``coordinates`` (``(n_nodes, dim)`` or ``None``: given explicitly, else
-    composed on the PC or the operator), ``n_local``,
+    ``coordinates`` (``(n_nodes, dim)`` or ``None``, as given: see
+    :meth:`pcshell.PCBase.node_coordinates`), ``n_local``,
     ``n_global``, ``nnz``.
     """
 
@@ -143,7 +157,6 @@ class LocalOperator:
         *,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
-        pc: PETSc.PC | None = None,
         coordinates: np.ndarray | None = None,
     ) -> None:
         self.dtype = dtype
@@ -151,8 +164,7 @@ class LocalOperator:
         self.n_local, _ = P.getLocalSize()
         self.n_global, _ = P.getSize()
         self.block_size = P.getBlockSize()
-        block = _local_block(P)
-        indptr, indices, values = block.getValuesCSR()
+        indptr, indices, values = local_block(P).getValuesCSR()
         self._indptr = indptr
         self._indices = indices
         self.nnz = int(indptr[-1])
@@ -170,9 +182,10 @@ class LocalOperator:
             device=self.device, dtype=dtype
         )
         self.near_nullspace = self._read_near_nullspace(P)
-        coords = coordinates if coordinates is not None else get_coordinates(pc, P)
         self.coordinates = (
-            None if coords is None else torch.from_numpy(coords).to(device=self.device, dtype=dtype)
+            None if coordinates is None
+            else torch.from_numpy(np.ascontiguousarray(coordinates)).to(device=self.device,
+                                                                        dtype=dtype)
         )
 
     def _read_near_nullspace(self, P: PETSc.Mat) -> torch.Tensor | None:
@@ -192,12 +205,12 @@ class LocalOperator:
         """Does ``P`` have this operator's sizes and local nonzero pattern?"""
         if P.getLocalSize()[0] != self.n_local or P.getSize()[0] != self.n_global:
             return False
-        indptr, indices, _ = _local_block(P).getValuesCSR()
+        indptr, indices, _ = local_block(P).getValuesCSR()
         return np.array_equal(indptr, self._indptr) and np.array_equal(indices, self._indices)
 
     def refresh(self, P: PETSc.Mat) -> None:
         """Copy ``P``'s current values into the existing tensors (same pattern)."""
-        _, _, values = _local_block(P).getValuesCSR()
+        _, _, values = local_block(P).getValuesCSR()
         self.csr.values().copy_(torch.from_numpy(values))
         self.diagonal.copy_(torch.from_numpy(P.getDiagonal().getArray(readonly=True).copy()))
         self.near_nullspace = self._read_near_nullspace(P)

@@ -1,19 +1,39 @@
 """petsc-neural: learned preconditioners served inside PETSc.
 
-Preconditioner classes (``-pc_type python -pc_python_type petsc_neural.<Name>``):
+Preconditioner classes (``-pc_type python -pc_python_type petsc_neural.<Name>``),
+one per method of :data:`petsc_neural.registry.METHODS`:
 
 - :class:`TorchScriptPC`: any TorchScript module with petsc-neural metadata.
 - :class:`NPO`: Neural Preconditioning Operator (seed 000), a NAMG network per Krylov iteration.
 - :class:`NeuraLSP`: learned two-level coarse space (seed 001) served as PETSc's PCMG.
+
+The classes are loaded on first use (PEP 562), so ``import petsc_neural``
+stays cheap and the registry is the one list of methods.
 """
 
-import logging
+from __future__ import annotations
 
-from .neuralsp import NeuraLSP
-from .npo import NPO
-from .torchscript_pc import TorchScriptPC
+from typing import TYPE_CHECKING
 
-__all__ = ["TorchScriptPC", "NeuraLSP", "NPO"]
-__version__ = "0.1.0"
+from ._version import __version__
+from .registry import METHODS, pc_classes
 
-logging.getLogger("petsc_neural").addHandler(logging.NullHandler())
+__all__ = ["__version__", "METHODS", *pc_classes()]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .neuralsp.pc import NeuraLSP
+    from .npo.pc import NPO
+    from .torchscript_pc import TorchScriptPC
+
+
+def __getattr__(name: str):
+    method = pc_classes().get(name)
+    if method is not None:
+        value = METHODS[method].load_pc_class()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from pcshell import ModelMetadata, NeuralPCBase, save_model
+from pcshell import ModelMetadata, ResidualNetworkPC, save_model
 
 __all__ = ["TorchScriptPC"]
 
 
-class TorchScriptPC(NeuralPCBase):
+class TorchScriptPC(ResidualNetworkPC):
     """A user's TorchScript module applied to the residual, ``z = f(r, ...)``.
 
     Use::
@@ -31,11 +31,15 @@ class TorchScriptPC(NeuralPCBase):
     file carries the metadata the PC checks (method ``"torchscript"``).
 
     Options: the common ``-pc_neural_*`` options of
-    :class:`pcshell.NeuralPCBase` (model, device, dtype, on_failure, scale,
-    allow_nonlinear_cg).
+    :class:`pcshell.ResidualNetworkPC` (model, device, dtype, on_failure,
+    fallback_pc_type, warnings, scale, allow_nonflexible, check_residual,
+    residual_factor, stagnation, stagnation_factor).  A model whose metadata
+    says ``linear=false`` is held to the Krylov-method rule of
+    :mod:`pcshell.residual` (flexible methods only).
     """
 
     method = "torchscript"
+    title = "TorchScript model applied to the residual"
 
     @staticmethod
     def export(

@@ -50,9 +50,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from petsc4py import PETSc  # noqa: E402
 
 from firedrake_problems import make_problem  # noqa: E402
-from petsc_neural.losses.neuralsp import captured_energy  # noqa: E402
-from petsc_neural.neuralsp import smoothed_vectors, svd_basis, two_level_mg  # noqa: E402
-from petsc_neural.training.neuralsp import TrainConfig, export, make_matrices, train  # noqa: E402
+from petsc_neural.neuralsp.loss import captured_energy  # noqa: E402
+from pcshell import to_scipy  # noqa: E402
+from petsc_neural.bench.baselines import GAMG_TUNING_GRID, best_gamg  # noqa: E402
+from petsc_neural.coarse import smoothed_vectors, svd_basis, two_level_mg  # noqa: E402
+from petsc_neural.neuralsp.train import TrainConfig, export, make_matrices, train  # noqa: E402
 
 FAMILIES = ("diffusion", "anisotropic", "screened_poisson")
 TITLES = {"diffusion": "DIFFUSION", "anisotropic": "ANISOTROPIC",
@@ -94,17 +96,6 @@ PAPER = {
 CG = {"ksp_type": "cg", "ksp_rtol": 1e-6, "ksp_norm_type": "unpreconditioned",
       "ksp_max_it": 5000}
 NEURALSP = {**CG, "pc_type": "python", "pc_python_type": "petsc_neural.NeuraLSP"}
-GAMG_CONFIGS = {
-    "default": {},
-    "threshold 0.02": {"pc_gamg_threshold": 0.02},
-    "threshold 0.05": {"pc_gamg_threshold": 0.05},
-    "unsmoothed agg.": {"pc_gamg_agg_nsmooths": 0},
-    "1 Chebyshev sweep": {"mg_levels_ksp_max_it": 1},
-    "threshold 0.02, jacobi-richardson": {
-        "pc_gamg_threshold": 0.02, "mg_levels_ksp_type": "richardson",
-        "mg_levels_ksp_richardson_scale": 0.66, "mg_levels_ksp_max_it": 2},
-}
-
 # Level smoothers of the lower-bound runs (the paper's Jacobi x 5 first).
 BOUND_SMOOTHERS = (("jacobi", 5), ("jacobi", 2), ("chebyshev", 2), ("chebyshev", 3),
                    ("chebyshev", 5))
@@ -157,12 +148,8 @@ def run(A: PETSc.Mat, b: PETSc.Vec, opts: dict, pc: PETSc.PC | None = None,
 def run_pyamg(A: PETSc.Mat, b: PETSc.Vec) -> dict:
     """PyAMG smoothed aggregation's P (one coarsening) in the same two-level PCMG."""
     import pyamg
-    import scipy.sparse as sp
-
     t0 = time.perf_counter()
-    indptr, indices, data = A.getValuesCSR()
-    n = A.getSize()[0]
-    As = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    As = to_scipy(A)
     ml = pyamg.smoothed_aggregation_solver(As, max_levels=2, max_coarse=1)
     Ps = ml.levels[0].P.tocsr()
     P = PETSc.Mat().createAIJ(Ps.shape, csr=(Ps.indptr.astype(PETSc.IntType),
@@ -189,9 +176,8 @@ def eigen_basis(A: PETSc.Mat, nc: int) -> PETSc.Mat:
     import scipy.sparse as sp
     import scipy.sparse.linalg as sla
 
-    indptr, indices, data = A.getValuesCSR()
-    n = A.getSize()[0]
-    M = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    M = to_scipy(A)
+    n = M.shape[0]
     dinv_sqrt = sp.diags(1.0 / np.sqrt(M.diagonal()))
     _, V = sla.eigsh(dinv_sqrt @ M @ dinv_sqrt, k=nc, sigma=0.0, which="LM")
     U = np.linalg.qr(dinv_sqrt @ V)[0]
@@ -288,18 +274,18 @@ def global_model(args, fam: str, loss: str) -> str:
 
 
 def tune_gamg(fam: str, mats: list) -> tuple[str, dict]:
-    best = None
-    for name, cfg in GAMG_CONFIGS.items():
+    """The bench's GAMG tuning grid, timed by the median total over ``mats``."""
+
+    def evaluate(cfg: dict) -> float:
         t = []
         for A, b in mats:
-            run(A, b, {**CG, "pc_type": "gamg", **cfg})  # warm
-            t.append(np.median([total(run(A, b, {**CG, "pc_type": "gamg", **cfg}))
-                                for _ in range(2)]))
-        med = float(np.median(t))
-        print(f"  gamg {fam} [{name}]: {med * 1e3:.2f} ms", flush=True)
-        if best is None or med < best[2]:
-            best = (name, cfg, med)
-    return best[0], best[1]
+            run(A, b, {**CG, **cfg})  # warm
+            t.append(np.median([total(run(A, b, {**CG, **cfg})) for _ in range(2)]))
+        return float(np.median(t))
+
+    name, cfg, med = best_gamg(evaluate)
+    print(f"  gamg {fam}: best [{name}] {med * 1e3:.2f} ms", flush=True)
+    return name, cfg
 
 
 def part_tables(args, lines: list[str]) -> None:
@@ -348,7 +334,7 @@ def part_tables(args, lines: list[str]) -> None:
                   f"{ti['train_problems']} matrices (paper: 1000 steps/samples); final train "
                   f"loss NLSS {ti['final_loss']:.4f}, subspace "
                   f"{train_info['Subspace']['final_loss']:.4f}.  Tuned GAMG: {gname} "
-                  f"(best of {len(GAMG_CONFIGS)} configurations on 3 training matrices).  "
+                  f"(best of {len(GAMG_TUNING_GRID)} settings on 3 training matrices).  "
                   f"PyAMG SA median n_c {int(np.median([r['nc'] for r in res['SA']]))}.", ""]
         for nc in NCS:
             lines += [f"**n_c = {nc}**", "",

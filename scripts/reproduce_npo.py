@@ -113,7 +113,7 @@ def make(case: dict, size: int | None = None):
 def train_model(name: str, family: str, size: int, params: dict, steps: int, workdir: str,
                 dataset: str | None = None, **overrides) -> tuple[str, float]:
     """Train (or reuse) a model; returns its path and the training seconds."""
-    from petsc_neural.training.npo import (
+    from petsc_neural.npo.train import (
         TrainConfig,
         export_model,
         generate_data,
@@ -137,7 +137,7 @@ def train_model(name: str, family: str, size: int, params: dict, steps: int, wor
 
 
 def shipped(family: str) -> str:
-    from petsc_neural.npo import shipped_model
+    from petsc_neural.npo.pc import shipped_model
 
     return shipped_model(family)
 

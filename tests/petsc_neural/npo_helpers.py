@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from petsc_neural.training.npo import TrainSample, rigid_body_modes
+from petsc_neural.npo.train import TrainSample, rigid_body_modes
 
 
 def grid_laplacian(n: int, varying: bool = True) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -169,7 +169,7 @@ def reference_namg(net, r: np.ndarray, A: np.ndarray, coords: np.ndarray,
 # ------------------------------------------------------------------ PETSc-side helpers
 def tiny_model(path: str, steps: int = 20, seed: int = 0) -> str:
     """Train a small NPO on 5-point grid Laplacians (not a Firedrake problem) and save it."""
-    from petsc_neural.training.npo import TrainConfig, export_model, train
+    from petsc_neural.npo.train import TrainConfig, export_model, train
 
     samples = []
     for i, n in enumerate((10, 14)):

@@ -8,18 +8,17 @@ import torch
 from neuralsp_helpers import NEURALSP, pc_matrix, problem, scipy_matrix, solve, two_level_cycle
 from petsc4py import PETSc
 
-from pcshell import ModelMismatchError, NeuralPCError
-from petsc_neural.losses.neuralsp import captured_energy, nlss_loss, subspace_loss
-from petsc_neural.networks.neuralsp import LocalSubspaceNet, NeuraLSPMLP
-from petsc_neural.neuralsp import (
+from pcshell import ModelMismatchError, NeuralPCError, to_scipy
+from petsc_neural.neuralsp.loss import captured_energy, nlss_loss, subspace_loss
+from petsc_neural.neuralsp.network import LocalSubspaceNet, NeuraLSPMLP
+from petsc_neural.coarse import (
     aggregate,
     coordinate_start_vectors,
-    local_block_csr,
     smoothed_vectors,
     start_vectors,
     svd_basis,
 )
-from petsc_neural.training.neuralsp import TrainConfig, export, train
+from petsc_neural.neuralsp.train import TrainConfig, export, train
 
 
 def _matrix_with_spectrum(n=30, K=12, seed=0):
@@ -164,7 +163,7 @@ def test_svd_basis_spans_numpy_leading_subspace():
 
 def test_aggregation_covers_interior_and_skips_dirichlet_rows():
     A = problem("diffusion", 8).A
-    agg, n_agg = aggregate(local_block_csr(A))
+    agg, n_agg = aggregate(to_scipy(A))
     M = scipy_matrix(A)
     dirichlet = np.array([np.count_nonzero(M[i]) == 1 for i in range(M.shape[0])])
     assert np.all(agg[dirichlet] == -1) and np.all(agg[~dirichlet] >= 0)

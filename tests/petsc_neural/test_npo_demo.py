@@ -7,7 +7,8 @@ import pytest
 
 from pcshell import load_model
 from petsc_neural.demo import run_demo
-from petsc_neural.npo import SHIPPED_MODELS, shipped_model
+from petsc_neural.npo.pc import shipped_model
+from petsc_neural.registry import METHODS
 
 
 def _args(tmp_path, **kw):
@@ -45,7 +46,7 @@ def test_demo_two_ranks(tmp_path, capsys):
     _check_demo(pathlib.Path(path), capsys)
 
 
-@pytest.mark.parametrize("family", sorted(SHIPPED_MODELS))
+@pytest.mark.parametrize("family", sorted(METHODS["npo"].models))
 def test_shipped_models_are_small_valid_npo_models(family):
     path = shipped_model(family)
     assert os.path.getsize(path) < 2 * 1024 * 1024

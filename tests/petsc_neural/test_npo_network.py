@@ -6,9 +6,9 @@ import torch
 from npo_helpers import block_operator, grid_laplacian, reference_namg, to_torch_csr, train_sample
 
 from pcshell import ModelMetadata, load_model, save_model
-from petsc_neural.losses.npo import LossWeights, condition_loss, data_loss, npo_loss, residual_loss
-from petsc_neural.networks.npo import NAMG, NAMGConfig
-from petsc_neural.training.npo import TrainConfig, model_inputs, rigid_body_modes, train
+from petsc_neural.npo.loss import LossWeights, condition_loss, data_loss, npo_loss, residual_loss
+from petsc_neural.npo.network import NAMG, NAMGConfig
+from petsc_neural.npo.train import TrainConfig, model_inputs, rigid_body_modes, train
 
 
 def _net(seed=0, **kw):

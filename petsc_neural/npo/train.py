@@ -13,31 +13,29 @@ step takes one system ``A_i`` and a batch of
 and minimises the weighted sum (:mod:`petsc_neural.losses.npo`) with Adam.
 Checkpoints (model, optimiser, step, RNG states) are written atomically every
 ``--checkpoint-every`` steps; ``--resume`` continues from the last one and
-gives the same result as an uninterrupted run.  The result is a TorchScript
+gives the same result as an uninterrupted run (the shared loop,
+:mod:`petsc_neural.training.loop`).  The result is a TorchScript
 model file with metadata (:func:`pcshell.save_model`, method ``"npo"``).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import logging
 import os
-import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from pcshell import ModelMetadata, atomic_write_bytes, save_model
+from pcshell import ModelMetadata, save_model
 
-from ..losses.npo import LossWeights, npo_loss
-from ..networks.npo import NAMG, NAMGConfig
+from ..training.loop import LoopConfig, run_training
+from .loss import LossWeights, npo_loss
+from .network import NAMG, NAMGConfig
 
 __all__ = [
     "TrainConfig",
@@ -208,29 +206,6 @@ def _step_loss(
     )
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "gen": gen.get_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["gen"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
-    """Write a training checkpoint atomically (the old one stays until the new is whole)."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def train(
     cfg: TrainConfig,
     samples: list[TrainSample],
@@ -243,13 +218,11 @@ def train(
 ) -> tuple[NAMG, list[float]]:
     """Train a NAMG network on ``samples``; returns it and the per-step total loss.
 
-    ``max_steps`` stops after that many steps of this call (to test resuming).
+    The loop is :func:`petsc_neural.training.loop.run_training` (seeding,
+    clipping, checkpoints, resume); ``max_steps`` stops after that many steps
+    of this call (to test resuming).
     """
-    torch.set_num_threads(max(cfg.threads, 1))
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     netcfg = NAMGConfig(**(cfg.network or {}))
     netcfg.block_size = int(samples[0].A.shape[0] // max(samples[0].coords.shape[0], 1)) \
         if samples[0].coords.numel() else netcfg.block_size
@@ -258,62 +231,15 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1),
                                                        eta_min=cfg.lr * 0.05)
     weights = LossWeights(**(cfg.weights or {}))
-    history: list[float] = []
-    start = 0
-    if resume and checkpoint and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, weights_only=False)
-        if state["config"] != cfg.__dict__:
-            raise ValueError(
-                f"checkpoint {checkpoint!r} was written by another configuration; "
-                "remove it or train with the same options"
-            )
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start = int(state["step"])
-        _set_rng_state(state["rng"], gen)
-        log.info("resumed from %s at step %d", checkpoint, start)
-    stop = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train npo {cfg.family}", unit="step")
-    net.train()
-    order = list(range(len(samples)))
-    for step in range(start, stop):
-        s = samples[order[step % len(samples)]]
-        opt.zero_grad(set_to_none=True)
-        loss, parts = _step_loss(net, s, weights, cfg.batch, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {parts}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items()})
-        done = step + 1
-        if checkpoint and (done % checkpoint_every == 0 or done == stop):
-            save_checkpoint(
-                checkpoint,
-                {
-                    "config": cfg.__dict__,
-                    "model": net.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "history": history,
-                    "step": done,
-                    "rng": _rng_state(gen),
-                },
-            )
-    if bar is not None:
-        bar.close()
-    net.eval()
-    return net, history
+    def step(i: int, gen: torch.Generator, rng: np.random.Generator):
+        return _step_loss(net, samples[i % len(samples)], weights, cfg.batch, gen)
+
+    loop = LoopConfig(steps=cfg.steps, seed=cfg.seed, clip_grad=1.0, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                      desc=f"train npo {cfg.family}", threads=cfg.threads, max_steps=max_steps)
+    result = run_training(net, opt, step, loop, scheduler=sched, identity=asdict(cfg))
+    return net, result.history
 
 
 def export_model(net: NAMG, path: str, cfg: TrainConfig, history: list[float],
@@ -349,19 +275,6 @@ def generate_data(cfg: TrainConfig, out: str, progress: bool = False) -> str:
     params = {"rhs": "grf", **(cfg.params or {})}
     return generate_dataset(cfg.family, cfg.size, cfg.samples, cfg.data_seed, out,
                             params=params, comm=MPI.COMM_SELF, progress=progress)
-
-
-def _parse_params(items: list[str]) -> dict:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--param wants KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -404,10 +317,12 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from firedrake_problems.cli import parse_params
+
     return TrainConfig(
         family=args.family,
         size=args.size,
-        params=_parse_params(args.param),
+        params=parse_params(args.param),
         samples=args.samples,
         data_seed=args.data_seed,
         steps=args.steps,

@@ -24,17 +24,19 @@ none       ``-pc_type none``
 jacobi     ``-pc_type jacobi``
 sor        ``-pc_type sor`` (SSOR; processor-local in parallel)
 ilu, icc   ``-pc_type ilu|icc``; ``bjacobi`` + ``sub_pc_type ilu|icc`` in parallel
-gamg       GAMG, tuned per problem in the same run: threshold in
-           {-1, 0, 0.01, 0.02, 0.05} x prolongator smoothing steps {0, 1},
-           Chebyshev/Jacobi smoothers, the problem's near-nullspace (rigid body
-           modes for elasticity) and coordinates; the fastest setting (total
-           time) is used and reported in the table
+asm        additive Schwarz with ILU blocks
+lu         direct solve (MUMPS in parallel)
+gamg       GAMG, tuned per problem in the same run over
+           :data:`~petsc_neural.bench.baselines.GAMG_TUNING_GRID` (threshold,
+           prolongator smoothing, smoother), the problem's near-nullspace and
+           coordinates; the fastest setting (total time) is used and reported
 gamg0      GAMG with PETSc's defaults
 pyamg      PyAMG smoothed aggregation, evolution strength (serial only)
-npo        ``petsc_neural.NPO`` (when installed), its shipped/given model
-neuralsp   ``petsc_neural.NeuraLSP`` (when installed)
-torchscript ``petsc_neural.TorchScriptPC`` (give ``:pc_neural_model=FILE``)
+<method>   every method of :data:`petsc_neural.registry.METHODS` (``npo``,
+           ``neuralsp``, ``torchscript`` with ``:pc_neural_model=FILE``, ...)
 ========== ===============================================================
+
+The classical baselines are defined once, in :mod:`petsc_neural.bench.baselines`.
 
 JSON schema (``RESULTS_SCHEMA``, JSON Schema draft 2020-12)::
 
@@ -68,6 +70,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import METHODS
+from .baselines import CLASSICAL, best_gamg
+
 __all__ = [
     "PC_SPECS",
     "RESULTS_SCHEMA",
@@ -83,46 +88,14 @@ __all__ = [
 
 log = logging.getLogger("petsc_neural.bench")
 
-GAMG_TUNING_GRID: tuple[tuple[float, int], ...] = tuple(
-    (t, s) for t in (-1.0, 0.0, 0.01, 0.02, 0.05) for s in (0, 1)
-)
 
-
-def _gamg_options(threshold: float, nsmooths: int) -> dict[str, Any]:
-    return {
-        "pc_type": "gamg",
-        "pc_gamg_threshold": threshold,
-        "pc_gamg_agg_nsmooths": nsmooths,
-        "mg_levels_ksp_type": "chebyshev",
-        "mg_levels_pc_type": "jacobi",
-        "mg_levels_ksp_max_it": 2,
-    }
-
-
-def _local(parallel_type: str, serial_type: str) -> Callable[[int], dict[str, Any]]:
-    def spec(nprocs: int) -> dict[str, Any]:
-        if nprocs > 1:
-            return {"pc_type": "bjacobi", "sub_pc_type": parallel_type}
-        return {"pc_type": serial_type}
-
-    return spec
+def neural_specs() -> dict[str, Callable[[int], dict[str, Any]]]:
+    """One benchmark entry per registered method (:mod:`petsc_neural.registry`)."""
+    return {name: (lambda n, spec=spec: spec.pc_options()) for name, spec in METHODS.items()}
 
 
 # name -> options for the number of ranks.  ``gamg`` is tuned separately.
-PC_SPECS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "none": lambda n: {"pc_type": "none"},
-    "jacobi": lambda n: {"pc_type": "jacobi"},
-    "sor": lambda n: {"pc_type": "sor"},
-    "ilu": _local("ilu", "ilu"),
-    "icc": _local("icc", "icc"),
-    "gamg0": lambda n: {"pc_type": "gamg"},
-    "gamg": lambda n: _gamg_options(0.0, 1),  # replaced by the tuned setting per problem
-    "pyamg": lambda n: {"pc_type": "python", "pc_python_type": "petsc_neural.baselines.PyAMGPC"},
-    "npo": lambda n: {"pc_type": "python", "pc_python_type": "petsc_neural.NPO"},
-    "neuralsp": lambda n: {"pc_type": "python", "pc_python_type": "petsc_neural.NeuraLSP"},
-    "torchscript": lambda n: {"pc_type": "python",
-                              "pc_python_type": "petsc_neural.TorchScriptPC"},
-}
+PC_SPECS: dict[str, Callable[[int], dict[str, Any]]] = {**CLASSICAL, **neural_specs()}
 
 _TIME = {
     "type": "object",
@@ -293,23 +266,20 @@ def _mpi_max():
 
 
 def tune_gamg(problem, kopts: Mapping[str, Any], repeat: int) -> tuple[dict[str, Any], dict]:
-    """The fastest GAMG setting of :data:`GAMG_TUNING_GRID` for ``problem`` (total time)."""
-    best: tuple[float, dict[str, Any], dict] | None = None
-    for threshold, nsmooths in GAMG_TUNING_GRID:
-        opts = {**kopts, **_gamg_options(threshold, nsmooths)}
+    """The fastest setting of :data:`~petsc_neural.bench.baselines.GAMG_TUNING_GRID` (total time)."""
+    results: dict[str, dict] = {}
+
+    def evaluate(opts: dict[str, Any]) -> float | None:
         try:
-            res = run_case(problem, opts, repeat)
+            res = run_case(problem, {**kopts, **opts}, repeat)
         except Exception as exc:  # a setting PETSc rejects is skipped, not fatal
-            log.info("GAMG threshold %s nsmooths %s failed: %s", threshold, nsmooths, exc)
-            continue
-        if not res["converged"]:
-            continue
-        t = res["total_time"]["min"]
-        if best is None or t < best[0]:
-            best = (t, opts, res)
-    if best is None:
-        raise RuntimeError("no GAMG setting of the tuning grid converged")
-    return best[1], best[2]
+            log.info("GAMG setting %s failed: %s", opts, exc)
+            return None
+        results[repr(sorted(opts.items()))] = res
+        return res["total_time"]["min"] if res["converged"] else None
+
+    _, opts, _ = best_gamg(evaluate)
+    return {**kopts, **opts}, results[repr(sorted(opts.items()))]
 
 
 def run_bench(config: BenchConfig, comm=None) -> dict[str, Any]:
@@ -431,7 +401,8 @@ def markdown(results: Mapping[str, Any]) -> str:
             lines.append("")
             lines.append(f"Tuned GAMG setting: threshold {o['pc_gamg_threshold']}, "
                          f"{o['pc_gamg_agg_nsmooths']} prolongator smoothing step(s), "
-                         "Chebyshev(2)/Jacobi level smoothers.")
+                         f"{o['mg_levels_ksp_type']}({o['mg_levels_ksp_max_it']})/Jacobi "
+                         "level smoothers.")
         lines.append("")
     return "\n".join(lines)
 

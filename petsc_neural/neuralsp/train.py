@@ -2,7 +2,7 @@
 
 Data (seed 001 §5.1): matrices of a ``firedrake_problems`` family on jittered
 Delaunay meshes, a fresh set of ``K`` random start vectors smoothed with
-PETSc (:func:`petsc_neural.neuralsp.smoothed_vectors`) at every step, and a
+PETSc (:func:`petsc_neural.coarse.smoothed_vectors`) at every step, and a
 random permutation of the columns of ``S`` (the left singular subspace does
 not depend on their order, and the network must not either).  Loss: the
 nested NLSS loss (eq. 4) or the plain subspace loss (eq. 3); Adam, constant
@@ -13,8 +13,8 @@ learning rate 1e-3, default PyTorch (He-uniform) initialisation.
 distributable variant on the aggregates of the training matrices (any mesh
 size).  Models are written with :func:`pcshell.save_model` (atomic), with
 the problem family, block size, dtype and the training configuration in the
-metadata; with ``checkpoint_every`` the file is rewritten (atomically) during
-training.
+metadata; training runs in the shared loop (:mod:`petsc_neural.training.loop`),
+with checkpoints and ``--resume``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,19 +29,13 @@ import numpy as np
 import torch
 from petsc4py import PETSc
 
-from pcshell import ModelMetadata, save_model
+from pcshell import ModelMetadata, save_model, to_scipy
 
-from ..losses.neuralsp import nlss_loss, subspace_loss
-from ..networks.neuralsp import LocalSubspaceNet, NeuraLSPMLP, count_parameters
-from ..neuralsp import (
-    GLOBAL_INPUTS,
-    LOCAL_INPUTS,
-    aggregate,
-    local_block_csr,
-    pad_aggregates,
-    project_out_constant,
-    smoothed_vectors,
-)
+from .loss import nlss_loss, subspace_loss
+from .network import LocalSubspaceNet, NeuraLSPMLP, count_parameters
+from ..coarse import aggregate, pad_aggregates, project_out_constant, smoothed_vectors
+from ..training.loop import LoopConfig, run_training
+from .pc import GLOBAL_INPUTS, LOCAL_INPUTS
 
 __all__ = [
     "TrainConfig",
@@ -133,12 +126,22 @@ def train(
     *,
     log_every: int = 50,
     checkpoint: str | None = None,
-    checkpoint_every: int = 0,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    progress: bool = False,
+    max_steps: int | None = None,
 ) -> tuple[torch.nn.Module, list[float]]:
-    """Train a network as ``cfg`` says; returns it (eval mode) and the loss per step."""
+    """Train a network as ``cfg`` says; returns it (eval mode) and the loss per step.
+
+    The loop is :func:`petsc_neural.training.loop.run_training`: ``checkpoint``
+    (written every ``checkpoint_every`` steps, atomically) and ``resume``
+    continue an interrupted run with the same result.
+    """
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    # Data draws (matrices, the aggregate pool) use their own stream; the steps
+    # use the loop's generators, which the checkpoint restores.
+    data_rng = np.random.default_rng([cfg.seed, 1])
     if matrices is None:
         seeds = [1000 + cfg.seed * 10007 + i for i in range(cfg.train_problems)]
         matrices = make_matrices(cfg.family, cfg.size, seeds, **cfg.problem_params)
@@ -149,15 +152,14 @@ def train(
     loss_fn = LOSSES[cfg.loss]
     logger.info("training %s NeuraLSP (%s, %s loss): %d parameters",
                 cfg.variant, cfg.family, cfg.loss, count_parameters(net))
-    history: list[float] = []
-    pool: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None
     if cfg.variant == "local":
         # Aggregates of every training matrix, a few draws of S each, padded to one size.
         parts = []
         for A in matrices:
-            agg, n_agg = aggregate(local_block_csr(A), cfg.threshold)
+            agg, n_agg = aggregate(to_scipy(A), cfg.threshold)
             for _ in range(4):
-                S_pad, mask, _ = pad_aggregates(_sample_S(A, cfg, rng), agg, n_agg)
+                S_pad, mask, _ = pad_aggregates(_sample_S(A, cfg, data_rng), agg, n_agg)
                 if cfg.constant:
                     S_pad = project_out_constant(S_pad, mask)
                 parts.append((S_pad, mask))
@@ -168,39 +170,28 @@ def train(
         # QR has no derivative at rank-deficient input: train on aggregates with more
         # than `rank` nodes (smaller ones are served with fewer columns).
         keep = M_all.sum(1) >= cfg.rank + (1 if cfg.constant else 0) + 1
-        S_all, M_all = S_all[keep], M_all[keep]
-        pool = [(torch.from_numpy(S_all).to(dtype), torch.from_numpy(M_all).to(dtype))]
-    t0 = time.perf_counter()
-    net.train()
-    for step in range(cfg.steps):
-        if cfg.variant == "global":
+        pool = (torch.from_numpy(S_all[keep]).to(dtype), torch.from_numpy(M_all[keep]).to(dtype))
+
+    def step(i: int, gen: torch.Generator, rng: np.random.Generator):
+        if pool is None:
             A = matrices[int(rng.integers(len(matrices)))]
             S = torch.from_numpy(_sample_S(A, cfg, rng)).to(dtype)
-            Q = net(S)
-            loss = loss_fn(Q, S)
-        else:
-            S_all, M_all = pool[0]
-            idx = torch.from_numpy(rng.integers(0, S_all.shape[0], cfg.batch_aggregates))
-            S = S_all[idx][:, :, torch.from_numpy(rng.permutation(S_all.shape[2]))]
-            Mk = M_all[idx]
-            # Scale each aggregate to unit Frobenius norm: every aggregate counts alike.
-            S = S / (S * S).sum((1, 2), keepdim=True).clamp_min(1e-30).sqrt()
-            Q = net(S, Mk)
-            loss = loss_fn(Q, S)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
-        if log_every and (step == 0 or (step + 1) % log_every == 0):
-            logger.info("step %d/%d loss %.6f (%.1fs)", step + 1, cfg.steps, history[-1],
-                        time.perf_counter() - t0)
-        if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            net.eval()
-            export(net, checkpoint, cfg, n, history, time.perf_counter() - t0)
-            net.train()
-    net.eval()
-    cfg.__dict__["_train_seconds"] = time.perf_counter() - t0
-    return net, history
+            return loss_fn(net(S), S), {}
+        S_all, M_all = pool
+        idx = torch.from_numpy(rng.integers(0, S_all.shape[0], cfg.batch_aggregates))
+        S = S_all[idx][:, :, torch.from_numpy(rng.permutation(S_all.shape[2]))]
+        Mk = M_all[idx]
+        # Scale each aggregate to unit Frobenius norm: every aggregate counts alike.
+        S = S / (S * S).sum((1, 2), keepdim=True).clamp_min(1e-30).sqrt()
+        return loss_fn(net(S, Mk), S), {}
+
+    loop = LoopConfig(steps=cfg.steps, seed=cfg.seed, clip_grad=None, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                      desc=f"train neuralsp {cfg.variant}", log_every=log_every, threads=None,
+                      max_steps=max_steps)
+    result = run_training(net, opt, step, loop, identity=asdict(cfg))
+    cfg.__dict__["_train_seconds"] = result.seconds
+    return net, result.history
 
 
 def export(
@@ -260,7 +251,11 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(_DTYPES), default=d.dtype)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--checkpoint", default=None,
+                   help="training checkpoint (default: OUTPUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("-o", "--output", required=True, help="model file to write")
     p.set_defaults(func=_cli_train)
 
@@ -279,7 +274,9 @@ def _cli_train(args: argparse.Namespace) -> int:
     logging.getLogger("petsc_neural").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(message)s")
-    net, hist = train(cfg, checkpoint=args.output, checkpoint_every=args.checkpoint_every)
+    net, hist = train(cfg, checkpoint=args.checkpoint or args.output + ".ckpt",
+                      checkpoint_every=args.checkpoint_every, resume=args.resume,
+                      progress=not args.no_progress)
     n = int(net.n) if cfg.variant == "global" else None
     meta = export(net, args.output, cfg, n, hist)
     sys.stdout.write(f"wrote {args.output}: {meta.training['parameters']} parameters, "

@@ -1,1 +1,0 @@
-"""petsc-neural losses (pure torch, scriptable; no petsc4py, no Firedrake)."""

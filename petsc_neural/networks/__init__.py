@@ -1,1 +1,0 @@
-"""petsc-neural networks (pure torch, scriptable; no petsc4py, no Firedrake)."""

@@ -1,0 +1,118 @@
+"""One entry per method: what the CLI, the benchmark, ``-help`` and the model zoo read.
+
+Adding a method means adding its :class:`MethodSpec` to :data:`METHODS`;
+nothing else lists methods.  Everything is named by import path and loaded
+on first use, so reading the registry imports neither torch models nor
+Firedrake.
+
+>>> from petsc_neural.registry import METHODS
+>>> METHODS["npo"].pc_python_type
+'petsc_neural.NPO'
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MethodSpec", "METHODS", "get_method", "MODELS_DIR", "pc_classes"]
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of petsc-neural: its PC class, options prefix, trainer, bench entry and models.
+
+    ``pc``: ``"module:Class"`` of the PETSc python PC; ``class_name`` is what
+    ``-pc_python_type petsc_neural.<class_name>`` names.  ``prefix``: the
+    method's own option prefix (the common options are ``-pc_neural_*``).
+    ``trainer``: module with ``register_train(subparsers)`` (``petsc-neural
+    train <name>``), or ``None``.  ``bench``: extra PETSc options the benchmark
+    adds when it runs this PC (beside ``pc_type python``).  ``models``: shipped
+    model files by key (file names in ``petsc_neural/models``); ``default_model``
+    is the key used when no ``-pc_neural_model`` is given.
+    """
+
+    name: str
+    title: str
+    seed: str
+    pc: str
+    prefix: str
+    trainer: str | None = None
+    bench: dict[str, Any] = field(default_factory=dict)
+    ksp: str = "fgmres"
+    models: dict[str, str] = field(default_factory=dict)
+    default_model: str | None = None
+
+    @property
+    def class_name(self) -> str:
+        return self.pc.split(":")[1]
+
+    @property
+    def pc_python_type(self) -> str:
+        return f"petsc_neural.{self.class_name}"
+
+    def load_pc_class(self) -> type:
+        module, cls = self.pc.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def model_path(self, key: str | None = None) -> str | None:
+        """Path of shipped model ``key`` (default: ``default_model``), ``None`` if not shipped."""
+        key = key or self.default_model
+        if key is None or key not in self.models:
+            return None
+        return os.path.join(MODELS_DIR, self.models[key])
+
+    def pc_options(self) -> dict[str, Any]:
+        """PETSc options that select this PC (for the benchmark and the demo)."""
+        return {"pc_type": "python", "pc_python_type": self.pc_python_type, **self.bench}
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            name="torchscript",
+            title="any TorchScript module applied to the residual",
+            seed="-",
+            pc="petsc_neural.torchscript_pc:TorchScriptPC",
+            prefix="pc_neural_",
+        ),
+        MethodSpec(
+            name="npo",
+            title="Neural Preconditioning Operator (neural AMG transformer)",
+            seed="000",
+            pc="petsc_neural.npo.pc:NPO",
+            prefix="pc_npo_",
+            trainer="petsc_neural.npo.train",
+            models={"poisson": "npo_poisson2d.pt", "diffusion": "npo_diffusion2d.pt",
+                    "elasticity": "npo_elasticity2d.pt"},
+            default_model="poisson",
+        ),
+        MethodSpec(
+            name="neuralsp",
+            title="NeuraLSP learned two-level coarse space (PCMG)",
+            seed="001",
+            pc="petsc_neural.neuralsp.pc:NeuraLSP",
+            prefix="pc_neuralsp_",
+            trainer="petsc_neural.neuralsp.train",
+            ksp="cg",
+        ),
+    )
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of method ``name``, with a clear error naming the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def pc_classes() -> dict[str, str]:
+    """``class_name -> method name`` for ``-pc_python_type petsc_neural.<class_name>``."""
+    return {spec.class_name: spec.name for spec in METHODS.values()}
