@@ -20,7 +20,8 @@ CACHE=${PETSC_NEURAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/petsc-neural}
 LOGDIR=$ROOT/.setup-logs
 mkdir -p "$CACHE" "$LOGDIR"
 
-APT_PACKAGES="bison flex gfortran ninja-build pkg-config cmake zlib1g-dev libopenmpi-dev
+APT_PACKAGES="python3-dev python3-venv python3-pip build-essential ca-certificates
+bison flex gfortran ninja-build pkg-config cmake zlib1g-dev libopenmpi-dev
 openmpi-bin libhdf5-mpi-dev libmumps-ptscotch-dev libmetis-dev libopenblas-dev
 libptscotch-dev libscalapack-openmpi-dev libsuitesparse-dev libsuperlu-dev
 libsuperlu-dist-dev libhwloc-dev
@@ -45,6 +46,10 @@ PETSC_CONFIGURE_OPTS=(
   --with-scalapack-lib=-lscalapack-openmpi
   --with-suitesparse --with-superlu_dist --with-zlib
 )
+# Extra configure options, e.g. the CUDA image's "--with-cuda=1 --with-cuda-dir=...";
+# they are part of the hash, so a CUDA build gets its own PETSC_DIR.
+read -r -a PETSC_EXTRA <<<"${PETSC_NEURAL_PETSC_CONFIGURE_EXTRA:-}"
+PETSC_CONFIGURE_OPTS+=("${PETSC_EXTRA[@]}")
 PETSC_HASH=$(printf '%s\n' "$PETSC_VERSION" "${PETSC_CONFIGURE_OPTS[@]}" | sha256sum | cut -c1-12)
 PETSC_DIR=$CACHE/petsc-$PETSC_VERSION-$PETSC_HASH
 export PETSC_DIR PETSC_ARCH
@@ -57,11 +62,22 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 T0=$(date +%s)
 step() {  # step NAME STAMP COMMAND...  (runs COMMAND unless STAMP exists)
   local name=$1 stamp=$2; shift 2
-  local t=$(date +%s) log=$LOGDIR/$name.log
   if [ -n "$stamp" ] && [ -e "$stamp" ]; then
     printf '[setup] %-12s done already (0s)\n' "$name"
-    return 0
+  else
+    run_step "$name" "$stamp" "$@"
   fi
+  # PETSC_NEURAL_SETUP_STOP_AFTER=STEP ends the setup after STEP (the Docker image
+  # builds the expensive steps as separate layers).
+  if [ "${PETSC_NEURAL_SETUP_STOP_AFTER:-}" = "$name" ]; then
+    printf '[setup] stopping after %s (PETSC_NEURAL_SETUP_STOP_AFTER) in %ds\n' "$name" \
+      $(( $(date +%s) - T0 ))
+    exit 0
+  fi
+}
+run_step() {
+  local name=$1 stamp=$2; shift 2
+  local t=$(date +%s) log=$LOGDIR/$name.log
   printf '[setup] %-12s running (log: %s)\n' "$name" "${log#$ROOT/}"
   # A subshell outside any `if`, so `set -e` holds inside the step's functions.
   local rc=0
