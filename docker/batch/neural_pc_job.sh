@@ -16,7 +16,7 @@
 #
 # Variables (default):
 #   NP (4)                 MPI ranks
-#   MPIEXEC (mpiexec)      launcher, called as "$MPIEXEC -n $NP ..."; e.g. "srun --mpi=pmi2"
+#   MPIEXEC (mpiexec)      launcher, called as "$MPIEXEC -n $NP ..."; e.g. "srun --mpi=pmix"
 #   SIZE (128)             grid / mesh cells per direction
 #   RTOL (1e-8)            relative tolerance of every solve
 #   NEURAL_OPTS ("-ksp_type fgmres -pc_type python -pc_python_type petsc_neural.NPO")
