@@ -20,8 +20,10 @@ TORCH_VERSION=$(sed -n 's/^TORCH_VERSION=//p' scripts/setup_env.sh)
 
 bash docker/make-base-image.sh debian:12
 
+ca_arg=()
 if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
   cp /etc/ssl/certs/ca-certificates.crt docker/pip-ca/host-ca.crt
+  ca_arg=(--build-arg PIP_CERT=/etc/petsc-neural/pip-ca/host-ca.crt)
 else
   rm -f docker/pip-ca/host-ca.crt
 fi
@@ -57,7 +59,7 @@ t0=$(date +%s)
 set +e
 # The classic builder: it honours --cpu-shares (BuildKit does not).
 DOCKER_BUILDKIT=0 nice -n 15 docker build --network host --cpu-shares 256 --force-rm \
-  --build-arg TORCH_FIND_LINKS="http://127.0.0.1:$PORT/" \
+  --build-arg TORCH_FIND_LINKS="http://127.0.0.1:$PORT/" "${ca_arg[@]}" \
   -f docker/Dockerfile -t "$IMAGE" "$@" . 2>&1 | tee "$ROOT/build/docker-build.log"
 rc=${PIPESTATUS[0]}
 set -e
