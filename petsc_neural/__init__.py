@@ -20,10 +20,10 @@ from .registry import METHODS, pc_classes
 
 __all__ = ["__version__", "METHODS", *pc_classes()]
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .neuralsp.pc import NeuraLSP
-    from .npo.pc import NPO
-    from .torchscript_pc import TorchScriptPC
+if TYPE_CHECKING:  # pragma: no cover - the classes the registry names, for type checkers
+    from .neuralsp.pc import NeuraLSP  # noqa: F401
+    from .npo.pc import NPO  # noqa: F401
+    from .torchscript_pc import TorchScriptPC  # noqa: F401
 
 
 def __getattr__(name: str):

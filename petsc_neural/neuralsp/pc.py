@@ -270,7 +270,7 @@ class NeuraLSP(SetupNetworkPC):
         if Pmat.getType() not in _AIJ:
             # BAIJ/SBAIJ/dense: PETSc's MatMatMult and PtAP below need AIJ.
             self.converted = f"{Pmat.getType()} -> aij"
-            Pmat = Pmat.convert("aij")
+            Pmat = Pmat.convert("aij", out=PETSc.Mat())  # a copy: the user's Mat stays
             self.inner_objects.append(Pmat)
             A = Pmat if same else A
         comm = Pmat.getComm()

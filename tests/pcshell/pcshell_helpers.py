@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import torch
 from petsc4py import PETSc
@@ -89,3 +92,23 @@ def neural_ksp(A, model: str | None, method: str = "fgmres", prefix: str = "t_",
     ksp.getPC().setPythonContext(TorchScriptPC())
     ksp.setFromOptions()
     return ksp
+
+
+def rewrite_record(path, match: str, edit) -> None:
+    """Rewrite the first record of the model archive at ``path`` whose name contains ``match``.
+
+    What an editing tool would do to a file; ``edit(bytes) -> bytes`` must change it.
+    """
+    src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    out = io.BytesIO()
+    done = False
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if match in info.filename and not done:
+                new = edit(data)
+                assert new != data
+                data, done = new, True
+            dst.writestr(info, data)
+    assert done, f"no record matching {match!r}"
+    path.write_bytes(out.getvalue())
