@@ -20,8 +20,9 @@ so a torch-free package (``firedrake_problems``) may use them.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 _WHERE = {
     "FLEXIBLE_KSP_TYPES": ".base",
@@ -124,13 +125,4 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers
     from .setup_network import FallbackRequested, SetupNetworkPC
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import torch
+from grid_matrices import laplacian  # noqa: F401 (re-exported for the tests)
 from petsc4py import PETSc
 
 from pcshell import ModelMetadata, save_model
@@ -47,22 +48,6 @@ def save(module, path, **meta) -> str:
     inputs = meta.pop("inputs", ["residual", "diagonal"])
     save_model(module, path, ModelMetadata(inputs=inputs, **meta))
     return str(path)
-
-
-def laplacian(n: int, comm=PETSc.COMM_WORLD, local_rows: int | None = None) -> PETSc.Mat:
-    """5-point Laplacian on an n x n grid with a varying diagonal (so Jacobi matters)."""
-    N = n * n
-    size = (local_rows, N) if local_rows is not None else (None, N)
-    A = PETSc.Mat().createAIJ([size, size], nnz=(5, 4), comm=comm)
-    rs, re = A.getOwnershipRange()
-    for row in range(rs, re):
-        i, j = divmod(row, n)
-        A.setValue(row, row, 4.0 + (row % 7) * 0.5)
-        for ii, jj in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
-            if 0 <= ii < n and 0 <= jj < n:
-                A.setValue(row, ii * n + jj, -1.0)
-    A.assemble()
-    return A
 
 
 def rhs(A: PETSc.Mat, seed: int = 0) -> PETSc.Vec:

@@ -89,45 +89,28 @@ def test_linear_model_allowed_under_every_ksp(tmp_path):
         assert _true_rel_residual(A, b, x) < 1e-8
 
 
-def test_override_turns_false_convergence_into_divergence(tmp_path, caplog):
+@pytest.mark.parametrize("rtol, scale", [(1e-5, "false"), (1e-8, "false"), (1e-5, "true")])
+def test_override_turns_false_convergence_into_divergence(tmp_path, caplog, rtol, scale):
     """Left-preconditioned GMRES with a nonlinear PC reports CONVERGED for a wrong x.
 
     Under the expert override the true-residual check at the end of the solve
-    turns that into KSP_DIVERGED_BREAKDOWN and says why.
+    turns that into KSP_DIVERGED_BREAKDOWN and says why (here GMRES's own
+    verdict is CONVERGED_RTOL while the true residual is 1e-3 to 0.3).
     """
     A = laplacian(12)
     b = rhs(A)
     ksp = neural_ksp(A, save(Cubic(), tmp_path / "c.pt"), "gmres",
-                     pc_neural_allow_nonflexible="true", pc_neural_scale="false")
-    ksp.setTolerances(rtol=1e-8, max_it=500)
+                     pc_neural_allow_nonflexible="true", pc_neural_scale=scale)
+    ksp.setTolerances(rtol=rtol, max_it=500)
     x = b.duplicate()
     with caplog.at_level("WARNING", logger="petsc_neural"):
         ksp.solve(b, x)
-    true = _true_rel_residual(A, b, x)
-    reason = ksp.getConvergedReason()
-    assert reason > 0 or reason == PETSc.KSP.ConvergedReason.DIVERGED_BREAKDOWN
-    if reason > 0:  # a convergence the PC reports must be true
-        assert true <= 10 * 1e-8
-    else:
-        assert true > 10 * 1e-8
-        assert "reason set to KSP_DIVERGED_BREAKDOWN" in caplog.text
-    assert "runs under -ksp_type gmres" in caplog.text
-
-
-def test_false_convergence_is_caught(tmp_path, caplog):
-    """A case that does converge falsely: the check must fire (not only may)."""
-    A = laplacian(12)
-    b = rhs(A)
-    ksp = neural_ksp(A, save(Cubic(), tmp_path / "c.pt"), "gmres",
-                     pc_neural_allow_nonflexible="true", pc_neural_scale="false")
-    ksp.setTolerances(rtol=1e-5, max_it=500)
-    x = b.duplicate()
-    with caplog.at_level("WARNING", logger="petsc_neural"):
-        ksp.solve(b, x)
-    assert _true_rel_residual(A, b, x) > 1e-4  # what GMRES returned is wrong ...
+    assert _true_rel_residual(A, b, x) > 100 * rtol  # what GMRES returned is wrong ...
     # ... and is no longer reported as converged.
     assert ksp.getConvergedReason() == PETSc.KSP.ConvergedReason.DIVERGED_BREAKDOWN
-    assert "true residual" in caplog.text
+    assert "runs under -ksp_type gmres" in caplog.text
+    assert "reported convergence (reason 2)" in caplog.text
+    assert "reason set to KSP_DIVERGED_BREAKDOWN" in caplog.text
 
 
 # ----------------------------------------------------------------- defect 2
@@ -311,9 +294,6 @@ def test_stagnation_safeguard_switches_to_the_fallback(tmp_path, caplog):
     assert "switching to -pc_neural_fallback_pc_type ilu" in caplog.text
     view = "\n".join(ksp.getPC().getPythonContext().view_details(ksp.getPC()))
     assert "stagnation fallbacks: 1 solve(s)" in view
-    for k in list(PETSc.Options().getAll()):
-        if k.startswith("s_"):
-            PETSc.Options().delValue(k)
 
 
 # ----------------------------------------------------------------- defect 8 (options)

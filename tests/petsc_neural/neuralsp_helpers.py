@@ -69,16 +69,7 @@ def two_level_cycle(
 
 
 def grid_matrix(n: int, local_rows: int | None = None, comm=PETSc.COMM_WORLD) -> PETSc.Mat:
-    """5-point Laplacian on an n x n grid (Dirichlet rows eliminated), ``local_rows`` per rank."""
-    N = n * n
-    size = (local_rows, N) if local_rows is not None else (None, N)
-    A = PETSc.Mat().createAIJ([size, size], nnz=(5, 4), comm=comm)
-    rs, re = A.getOwnershipRange()
-    for row in range(rs, re):
-        i, j = divmod(row, n)
-        A.setValue(row, row, 4.0)
-        for ii, jj in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
-            if 0 <= ii < n and 0 <= jj < n:
-                A.setValue(row, ii * n + jj, -1.0)
-    A.assemble()
-    return A
+    """5-point Laplacian on an n x n grid with a constant diagonal, ``local_rows`` per rank."""
+    from grid_matrices import laplacian
+
+    return laplacian(n, comm, local_rows, varying=False)

@@ -59,15 +59,6 @@ def _ksp(A, **opts) -> PETSc.KSP:
     return ksp
 
 
-@pytest.fixture(autouse=True)
-def clean_options():
-    yield
-    o = PETSc.Options()
-    for k in list(o.getAll()):
-        if k.startswith("r_"):
-            o.delValue(k)
-
-
 # ----------------------------------------------------------------- defect 3
 @pytest.mark.parallel(nprocs=2)
 @pytest.mark.timeout(60)
