@@ -45,7 +45,7 @@ def random_instance(family: str, rng: np.random.Generator) -> tuple[int, int, di
         size = int(rng.integers(8, 33))
         params = {"mesh": mesh, "rhs": str(rng.choice(["source", "grf"])),
                   "poisson_ratio": float(rng.uniform(0.1, 0.4)),
-                  "lame": str(rng.choice(["constant", "piecewise"]))}
+                  "lame": str(rng.choice(["constant", "heterogeneous"]))}
     elif family == "diffusion":
         size = int(rng.integers(12, 65))
         params = {"mesh": mesh, "coefficient": str(rng.choice(["piecewise", "grf", "constant"])),
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", help="registry methods (default: all with models)")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args(argv)
+    import petsc4py
 
+    petsc4py.init([])  # the script's own arguments are not PETSc options
     from firedrake_problems import make_problem
     from petsc_neural.registry import METHODS
 

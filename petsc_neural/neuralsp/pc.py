@@ -130,6 +130,7 @@ from ..coarse import (
     two_level_mg,
 )
 from ..coarse.aggregation import MAX_AGGREGATE
+from ..registry import get_method
 
 __all__ = ["NeuraLSP", "GLOBAL_INPUTS", "LOCAL_INPUTS", "CITATION"]
 
@@ -164,7 +165,7 @@ class NeuraLSP(SetupNetworkPC):
 
     method = "neuralsp"
     title = "NeuraLSP learned coarse space (seed 001)"
-    method_prefix = "pc_neuralsp_"
+    method_prefix = get_method("neuralsp").prefix
     inner_prefix = "neuralsp_"
     citation = CITATION
 
