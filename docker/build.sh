@@ -8,7 +8,8 @@
 # 2. the host's CA bundle for pip (docker/pip-ca/host-ca.crt);
 # 3. the CPU torch wheel (pinned in scripts/setup_env.sh) in a wheelhouse on the
 #    host (build/docker-wheelhouse), from this machine's pip configuration or else
-#    download.pytorch.org, served to the build on 127.0.0.1 (so it is in no layer);
+#    download.pytorch.org, served to the build on 127.0.0.1:58609 (so it is in no
+#    layer; PETSC_NEURAL_WHEEL_PORT);
 # 4. docker build --network host, at low CPU priority (the machine is shared);
 # then prints the build time and the image size.
 set -euo pipefail
@@ -43,7 +44,15 @@ if ! ls "$WHEELHOUSE"/torch-"$TORCH_VERSION"+cpu-cp311-*.whl >/dev/null 2>&1; th
 fi
 ls "$WHEELHOUSE"/torch-"$TORCH_VERSION"+cpu-*.whl
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A fixed port: the wheelhouse URL is a build argument, and the classic builder keys
+# every RUN layer after an ARG on the ARG's value, so a new port each time would
+# rebuild PETSc and the venv (hours) on every `make docker`.
+PORT=${PETSC_NEURAL_WHEEL_PORT:-58609}
+if ! python3 -c "import socket; socket.socket().bind(('127.0.0.1', $PORT))" 2>/dev/null; then
+  echo "[docker] port $PORT is busy: set PETSC_NEURAL_WHEEL_PORT (the layer cache" \
+       "is keyed on the port, so another one rebuilds from the apt layer on)" >&2
+  exit 1
+fi
 python3 -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$PORT" \
   >"$ROOT/build/docker-wheelhouse-server.log" 2>&1 &
 SERVER=$!
