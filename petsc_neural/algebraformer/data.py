@@ -1,0 +1,81 @@
+"""Training and test sets of Algebraformer as normalised tensors.
+
+Tasks: the three Chebyshev BVPs of :mod:`firedrake_problems.spectral`
+(``diffusion``, ``reaction``, ``advection``; systems of size 64) and the
+Newton steps of the l_p regression (``newton``, size 60; :mod:`.newton`).
+Sets are generated deterministically from a seed and cached as HDF5 files
+in a work directory; the test set of a task uses seed ``data_seed + 1000``
+(disjoint from every training seed below 1000).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .network import normalise_system
+
+__all__ = ["TASKS", "TASK_SIZES", "SystemSet", "load_task", "TEST_SEED_OFFSET"]
+
+TASKS = ("diffusion", "reaction", "advection", "newton")
+#: System size of each task (the model's n).
+TASK_SIZES = {"diffusion": 64, "reaction": 64, "advection": 64, "newton": 60}
+TEST_SEED_OFFSET = 1000
+
+
+@dataclass
+class SystemSet:
+    """Normalised systems: ``Ah`` (N, n, n), ``bh`` (N, n) unit, targets ``xh`` (N, n).
+
+    ``A``, ``b``, ``x`` keep the raw float64 systems (for the classical
+    solvers and for evaluation in the original scaling).
+    """
+
+    task: str
+    Ah: torch.Tensor
+    bh: torch.Tensor
+    xh: torch.Tensor
+    A: np.ndarray
+    b: np.ndarray
+    x: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.Ah.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.Ah.shape[1])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> SystemSet:
+        return SystemSet(self.task, self.Ah.to(device, dtype), self.bh.to(device, dtype),
+                         self.xh.to(device, dtype), self.A, self.b, self.x)
+
+
+def _normalised(task: str, A: np.ndarray, b: np.ndarray, x: np.ndarray) -> SystemSet:
+    At, bt = torch.from_numpy(A), torch.from_numpy(b)
+    Ah, bh, _, s = normalise_system(At, bt)
+    xh = torch.from_numpy(x) / s.unsqueeze(-1)
+    return SystemSet(task, Ah, bh, xh, A, b, x)
+
+
+def load_task(task: str, count: int, seed: int, workdir: str | os.PathLike,
+              progress: bool = False) -> SystemSet:
+    """``count`` systems of ``task`` from seed ``seed`` (for ``newton``: ``count`` trajectories).
+
+    Generated on first use and cached in ``workdir``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    os.makedirs(os.fspath(workdir), exist_ok=True)
+    if task == "newton":
+        from .newton import cached_newton_steps
+
+        A, b, x = cached_newton_steps(count, seed, workdir, progress=progress)
+        return _normalised(task, A, b, x)
+    from firedrake_problems.spectral import cached_set
+
+    data = cached_set(task, count, seed, workdir, n=TASK_SIZES[task], progress=progress)
+    return _normalised(task, data.A, data.b, data.x)
