@@ -18,7 +18,7 @@ import torch
 
 from .network import normalise_system
 
-__all__ = ["TASKS", "TASK_SIZES", "SystemSet", "load_task", "TEST_SEED_OFFSET"]
+__all__ = ["TASKS", "TASK_SIZES", "SystemSet", "load_task", "normalised_set", "TEST_SEED_OFFSET"]
 
 TASKS = ("diffusion", "reaction", "advection", "newton")
 #: System size of each task (the model's n).
@@ -54,15 +54,31 @@ class SystemSet:
                          self.xh.to(device, dtype), self.A, self.b, self.x)
 
 
-def _normalised(task: str, A: np.ndarray, b: np.ndarray, x: np.ndarray) -> SystemSet:
-    At, bt = torch.from_numpy(A), torch.from_numpy(b)
-    Ah, bh, _, s = normalise_system(At, bt)
-    xh = torch.from_numpy(x) / s.unsqueeze(-1)
+def normalised_set(task: str, A: np.ndarray, b: np.ndarray, x: np.ndarray,
+                   dtype: torch.dtype = torch.float32, keep_raw: bool = True,
+                   chunk: int = 2048) -> SystemSet:
+    """The normalised tensors (:func:`.network.normalise_system`, in float64, stored in ``dtype``).
+
+    ``keep_raw=False`` drops the float64 arrays (training sets: half the memory).
+    """
+    if A.shape[0] == 0:
+        raise ValueError(f"no {task} systems to normalise")
+    Ahs, bhs, xhs = [], [], []
+    for i in range(0, A.shape[0], chunk):
+        Ah, bh, _, s = normalise_system(torch.from_numpy(A[i:i + chunk]),
+                                        torch.from_numpy(b[i:i + chunk]))
+        Ahs.append(Ah.to(dtype))
+        bhs.append(bh.to(dtype))
+        xhs.append((torch.from_numpy(x[i:i + chunk]) / s.unsqueeze(-1)).to(dtype))
+    Ah, bh, xh = torch.cat(Ahs), torch.cat(bhs), torch.cat(xhs)
+    if not keep_raw:
+        A = b = x = np.zeros((0,))
     return SystemSet(task, Ah, bh, xh, A, b, x)
 
 
 def load_task(task: str, count: int, seed: int, workdir: str | os.PathLike,
-              progress: bool = False) -> SystemSet:
+              progress: bool = False, dtype: torch.dtype = torch.float32,
+              keep_raw: bool = True) -> SystemSet:
     """``count`` systems of ``task`` from seed ``seed`` (for ``newton``: ``count`` trajectories).
 
     Generated on first use and cached in ``workdir``.
@@ -74,8 +90,8 @@ def load_task(task: str, count: int, seed: int, workdir: str | os.PathLike,
         from .newton import cached_newton_steps
 
         A, b, x = cached_newton_steps(count, seed, workdir, progress=progress)
-        return _normalised(task, A, b, x)
+        return normalised_set(task, A, b, x, dtype, keep_raw)
     from firedrake_problems.spectral import cached_set
 
     data = cached_set(task, count, seed, workdir, n=TASK_SIZES[task], progress=progress)
-    return _normalised(task, data.A, data.b, data.x)
+    return normalised_set(task, data.A, data.b, data.x, dtype, keep_raw)

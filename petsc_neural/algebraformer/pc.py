@@ -9,7 +9,8 @@ residual at every Krylov iteration with the dense diagonal block(s) of the
 local matrix::
 
     -ksp_type fgmres -pc_type python -pc_python_type petsc_neural.Algebraformer
-    -ksp_type preonly -pc_type python -pc_python_type petsc_neural.Algebraformer   # the network's solution
+    # the network's solution itself:
+    -ksp_type preonly -pc_type python -pc_python_type petsc_neural.Algebraformer
 
     # the solver of the diagonal blocks of block Jacobi / additive Schwarz:
     -ksp_type fgmres -pc_type bjacobi -sub_pc_type python

@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, train_set: SystemSet, test_set: SystemSet | None = N
           device: torch.device | str = "cpu", checkpoint: str | None = None,
           resume: bool = False, checkpoint_every: int = 200, progress: bool = False,
           max_steps: int | None = None) -> tuple[SystemSolver, Any, EvalHistory]:
-    """Train ``cfg`` on ``train_set``; returns the solver, the loop's result and the eval history."""
+    """Train ``cfg`` on ``train_set``: the solver, the loop's result, the eval history."""
     device = torch.device(device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
     torch.manual_seed(cfg.seed)
@@ -334,7 +334,8 @@ def _main(args: argparse.Namespace) -> int:
     out = sys.stdout
     t0 = time.perf_counter()
     progress = not args.no_progress
-    train_set = load_task(cfg.task, cfg.train_samples, cfg.data_seed, workdir, progress)
+    train_set = load_task(cfg.task, cfg.train_samples, cfg.data_seed, workdir, progress,
+                          keep_raw=False)
     test_set = (load_task(cfg.task, cfg.test_samples, cfg.data_seed + TEST_SEED_OFFSET,
                           workdir, progress) if cfg.test_samples else None)
     t_data = time.perf_counter() - t0

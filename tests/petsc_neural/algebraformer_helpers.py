@@ -34,6 +34,37 @@ def save_tiny(path: str, n: int = N_TINY, dtype: torch.dtype = torch.float64,
     return path
 
 
+class ExactCore(torch.nn.Module):
+    """A stand-in backbone that solves the normalised system exactly (LU) from its tokens.
+
+    Served through the same SystemSolver and PC code as a network, it makes the
+    PC an exact block solver: convergence tests then test the plumbing, not a
+    tiny network's accuracy.
+    """
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        Ah = tokens[:, :, : self.n].transpose(1, 2)
+        bh = tokens[:, :, self.n]
+        return torch.linalg.solve(Ah, bh.unsqueeze(-1)).squeeze(-1) + 0.0 * self.dummy
+
+
+def save_exact(path: str, n: int = N_TINY) -> str:
+    """A model file whose network is :class:`ExactCore` (float64)."""
+    solver = SystemSolver(ExactCore(n), n, out_scale=1.0).double().eval()
+    meta = ModelMetadata(
+        method="algebraformer", problem_family="diffusion", block_size=1, dtype="float64",
+        n=None, inputs=["residual", "blocks", "rowscale", "gather", "scatter"], linear=False,
+        training={"arch": "exact"},
+    )
+    save_model(solver, path, meta)
+    return path
+
+
 def chebyshev_system(n: int, seed: int = 0, kind: str = "diffusion"
                      ) -> tuple[np.ndarray, np.ndarray]:
     data = generate(kind, 1, seed=seed, n=n)
