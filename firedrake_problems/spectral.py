@@ -308,12 +308,22 @@ def load_spectral(path: str | os.PathLike) -> SpectralSet:
 
 def cached_set(kind: str, count: int, seed: int, directory: str | os.PathLike,
                n: int = 64, progress: bool = False) -> SpectralSet:
-    """``generate(kind, count, seed, n)``, stored in ``directory`` and read back next time."""
-    path = os.path.join(os.fspath(directory), f"spectral_{kind}_n{n}_s{seed}_c{count}.h5")
-    if os.path.exists(path):
-        return load_spectral(path)
+    """``generate(kind, count, seed, n)``, stored in ``directory`` and read back next time.
+
+    A stored set of the same kind, size and seed with more samples serves a
+    smaller request (samples are nested: sample ``i`` depends on ``(seed, i)`` only).
+    """
+    directory = os.fspath(directory)
+    stem = f"spectral_{kind}_n{n}_s{seed}_c"
+    if os.path.isdir(directory):
+        counts = sorted(int(f[len(stem):-3]) for f in os.listdir(directory)
+                        if f.startswith(stem) and f.endswith(".h5") and f[len(stem):-3].isdigit())
+        larger = [c for c in counts if c >= count]
+        if larger:
+            data = load_spectral(os.path.join(directory, f"{stem}{larger[0]}.h5"))
+            return data if larger[0] == count else data.subset(count)
     data = generate(kind, count, seed, n, progress=progress)
-    save_spectral(data, path)
+    save_spectral(data, os.path.join(directory, f"{stem}{count}.h5"))
     return data
 
 

@@ -18,7 +18,8 @@ import torch
 
 from .network import normalise_system
 
-__all__ = ["TASKS", "TASK_SIZES", "SystemSet", "load_task", "normalised_set", "TEST_SEED_OFFSET"]
+__all__ = ["TASKS", "TASK_SIZES", "SystemSet", "load_task", "normalised_set", "random_rhs",
+           "TEST_SEED_OFFSET"]
 
 TASKS = ("diffusion", "reaction", "advection", "newton")
 #: System size of each task (the model's n).
@@ -74,6 +75,28 @@ def normalised_set(task: str, A: np.ndarray, b: np.ndarray, x: np.ndarray,
     if not keep_raw:
         A = b = x = np.zeros((0,))
     return SystemSet(task, Ah, bh, xh, A, b, x)
+
+
+def random_rhs(Ah: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random right-hand sides ``b̂ = Â e / ||Â e||`` and their solutions ``e / ||Â e||``.
+
+    ``e`` has random cosine coefficients in the index ``i`` (at Chebyshev-Gauss-
+    Lobatto nodes these are the Chebyshev polynomials) with spectral decay
+    ``(k + 1)^-s``, ``s ~ U[0, 3]`` per system: from white noise to smooth
+    functions.  These are the residuals a Krylov method hands a preconditioner
+    (``r = A e`` for an error ``e``), unlike the smooth sources of the paper.
+    """
+    B, n = Ah.shape[0], Ah.shape[1]
+    dtype = Ah.dtype
+    k = torch.arange(n, dtype=dtype)
+    decay = torch.rand(B, 1, generator=gen, dtype=dtype) * 3.0
+    coef = torch.randn(B, n, generator=gen, dtype=dtype) * (k + 1.0).pow(-decay)
+    i = torch.arange(n, dtype=dtype)
+    basis = torch.cos(torch.pi * torch.outer(k, i) / max(n - 1, 1))  # (k, i)
+    e = (coef @ basis).to(Ah.device)
+    b = (Ah @ e.unsqueeze(-1)).squeeze(-1)
+    s = torch.linalg.vector_norm(b, dim=-1, keepdim=True)
+    return b / s, e / s
 
 
 def load_task(task: str, count: int, seed: int, workdir: str | os.PathLike,

@@ -166,3 +166,13 @@ def test_to_petsc_round_trip():
     np.testing.assert_array_equal(v.getArray(), data.b[0])
     M.destroy()
     v.destroy()
+
+
+def test_cached_set_reuses_a_larger_file(tmp_path):
+    from firedrake_problems.spectral import cached_set
+
+    big = cached_set("diffusion", 6, seed=2, directory=tmp_path, n=12)
+    small = cached_set("diffusion", 4, seed=2, directory=tmp_path, n=12)
+    assert len(list(tmp_path.glob("*.h5"))) == 1
+    np.testing.assert_array_equal(small.A, big.A[:4])
+    np.testing.assert_array_equal(small.x, generate("diffusion", 4, seed=2, n=12).x)
