@@ -56,6 +56,27 @@ NOISE_LEVELS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TEST_SYSTEMS = 5000  # the paper's test-set size
 
 
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, axes, xlabel: str, ylabel: str, name: str, **legend) -> str:
+    """Label the axes, lay out and write ``results/<name>``; returns the markdown image line."""
+    for ax in np.atleast_1d(axes):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, name), dpi=120)
+    pyplot().close(fig)
+    return f"![{name}]({name})"
+
+
 def shipped(key: str) -> str:
     return get_method("algebraformer").model_path(key)
 
@@ -158,11 +179,7 @@ def table1(models: dict[str, str], test) -> tuple[list[str], dict]:
 
 # -- 2. fine-tuning -------------------------------------------------------------------------
 def finetune(models: dict[str, str]) -> tuple[list[str], dict]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     lines = ["## Fine-tuning vs training from scratch (Fig. 2 left)", "",
              "| problem | run | training systems | epochs | final test relative MSE | "
@@ -180,23 +197,14 @@ def finetune(models: dict[str, str]) -> tuple[list[str], dict]:
                          f"{tr['config']['epochs']} | {tr['test_relative_mse']:.3e} | "
                          f"{tr['seconds'] / 60:.1f} min |")
         ax.set_title(f"{task} (eq. {6 if task == 'reaction' else 7})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test relative MSE")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "algebraformer_finetune.png"), dpi=120)
-    plt.close(fig)
-    lines += ["", "![fine-tuning](algebraformer_finetune.png)"]
+    image = save_figure(fig, axes, "epoch", "test relative MSE", "algebraformer_finetune.png")
+    lines += ["", image]
     return lines, out
 
 
 # -- 3. noise ----------------------------------------------------------------------------
 def noise(model: str, test, count: int = 1000, seed: int = 7) -> tuple[list[str], dict]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     A, b, x = test.A[:count], test.b[:count], test.x[:count]
     rng = np.random.default_rng(seed)
     methods = {"Algebraformer": [], "LU": [], "SVD least squares": [], "QR least squares": []}
@@ -217,12 +225,8 @@ def noise(model: str, test, count: int = 1000, seed: int = 7) -> tuple[list[str]
     levels = np.array(NOISE_LEVELS[1:])
     for name, vals in methods.items():
         ax.loglog(levels, vals[1:], "o-", label=name)
-    ax.set_xlabel("relative noise level on A and b")
-    ax.set_ylabel("relative MSE vs the clean solution")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "algebraformer_noise.png"), dpi=120)
-    plt.close(fig)
+    image = save_figure(fig, ax, "relative noise level on A and b",
+                        "relative MSE vs the clean solution", "algebraformer_noise.png")
     lines = ["## Noise robustness (Fig. 2 right)", "",
              f"{count} held-out diffusion systems; every entry of A and b multiplied by "
              "(1 + level * N(0, 1)); relative MSE against the clean solution.  LU: LAPACK "
@@ -233,17 +237,13 @@ def noise(model: str, test, count: int = 1000, seed: int = 7) -> tuple[list[str]
     for i, level in enumerate(NOISE_LEVELS):
         lines.append(f"| {level:g} | " + " | ".join(f"{methods[m][i]:.2e}" for m in methods)
                      + " |")
-    lines += ["", "![noise](algebraformer_noise.png)"]
+    lines += ["", image]
     return lines, {k: [float(v) for v in vals] for k, vals in methods.items()}
 
 
 # -- 4. Newton ---------------------------------------------------------------------------
 def newton(model: str, problems: int) -> tuple[list[str], dict]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     af = {"pc_type": "python", "pc_python_type": "petsc_neural.Algebraformer",
           "pc_neural_model": model}
     configs = {
@@ -272,13 +272,9 @@ def newton(model: str, problems: int) -> tuple[list[str], dict]:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, (t, f) in example.items():
         ax.semilogy(1e3 * np.array(t), np.array(f) ** (1 / 6), "o-", label=name)
-    ax.set_xlabel("wall time of SNESSolve (ms)")
-    ax.set_ylabel(r"$\|Ax-b\|_6$")
-    ax.legend(fontsize=8)
     ax.set_title("l_6 regression, A: 10^4 x 60 (held-out problem 0)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "algebraformer_newton.png"), dpi=120)
-    plt.close(fig)
+    image = save_figure(fig, ax, "wall time of SNESSolve (ms)", r"$\|Ax-b\|_6$",
+                        "algebraformer_newton.png", fontsize=8)
     lines = ["## Newton's method for l_6 regression (Fig. 3)", "",
              f"{problems} held-out problems (seed {seed}): A 10^4 x 60, rows and b uniform "
              "and unit-normalised, p = 6, x_0 = 0; PETSc SNES newtonls with the objective "
@@ -299,7 +295,7 @@ def newton(model: str, problems: int) -> tuple[list[str], dict]:
     floor = all(rows["Algebraformer step (preonly)"]["ok"])
     lines += ["", f"Floor (Algebraformer steps reach the LU objective within 1e-6 on every "
               f"held-out problem): **{'met' if floor else 'NOT met'}**.", "",
-              "![newton](algebraformer_newton.png)"]
+              image]
     return lines, summary
 
 
