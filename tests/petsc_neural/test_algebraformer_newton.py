@@ -56,3 +56,16 @@ def test_snes_with_algebraformer_steps_reaches_the_lu_objective(tmp_path, ksp):
     assert run.reason > 0
     assert run.objective[-1] <= ref.objective[-1] * (1 + 1e-6)
     assert run.time_to(ref.objective[-1] * (1 + 1e-6)) is not None
+
+
+def test_shipped_newton_model_reaches_the_lu_objective_on_held_out_problems():
+    """The floor of the issue on two held-out problems (the reproduction runs all 125)."""
+    from petsc_neural.algebraformer.data import TEST_SEED_OFFSET
+
+    for i in range(2):
+        prob = lp_problem(TEST_SEED_OFFSET, i)
+        ref = solve_snes(prob, {"ksp_type": "preonly", "pc_type": "lu"})
+        run = solve_snes(prob, {"ksp_type": "preonly", "pc_type": "python",
+                                "pc_python_type": "petsc_neural.Algebraformer",
+                                "pc_algebraformer_problem": "newton"})
+        assert run.time_to(ref.objective[-1] * (1 + 1e-6)) is not None, (i, run.objective)

@@ -174,3 +174,20 @@ def test_two_ranks_solve_their_diagonal_blocks(tmp_path):
     assert ksp.getConvergedReason() > 0
     full = np.concatenate(comm.allgather(x.getArray().copy()))
     np.testing.assert_allclose(full, np.linalg.solve(A, b), rtol=1e-6)
+
+
+def test_shipped_diffusion_model_solves_held_out_systems():
+    """The default model through PETSc (preonly): relative MSE within the issue's floor."""
+    from firedrake_problems.spectral import generate
+    from petsc_neural.algebraformer.data import TEST_SEED_OFFSET
+    from petsc_neural.registry import get_method
+
+    data = generate("diffusion", 10, seed=TEST_SEED_OFFSET + 7, n=64)
+    errs = []
+    for A, b, x in zip(data.A, data.b, data.x, strict=True):
+        y, ksp, *_ = _solve(A, b, {"ksp_type": "preonly", "pc_type": "python",
+                                   "pc_python_type": "petsc_neural.Algebraformer"})
+        errs.append(np.sum((y.getArray() - x) ** 2) / np.sum(x**2))
+    assert np.mean(errs) <= 1e-3, errs
+    pc = ksp.getPC().getPythonContext()
+    assert pc.model.path == get_method("algebraformer").model_path("diffusion")
