@@ -89,3 +89,26 @@ def test_random_rhs_are_consistent():
     bh, xh = random_rhs(tr.Ah, torch.Generator().manual_seed(0))
     np.testing.assert_allclose(torch.linalg.vector_norm(bh, dim=1), 1.0)
     torch.testing.assert_close((tr.Ah @ xh.unsqueeze(-1)).squeeze(-1), bh)
+
+
+@pytest.mark.parametrize("arch", ["algebraformer", "lstm", "gru"])
+def test_paper_configuration_and_budget_are_selectable(arch):
+    from petsc_neural.algebraformer.network import PAPER_CONFIGS, build_solver, count_parameters
+    from petsc_neural.algebraformer.train import config_from_args
+    from petsc_neural.cli import build_parser
+
+    args = build_parser().parse_args(["train", arch, "--task", "diffusion", "--config", "paper",
+                                      "--budget", "paper", "--out", "x.pt"])
+    cfg = config_from_args(args)
+    assert (cfg.train_samples, cfg.test_samples, cfg.epochs) == (50_000, 5_000, 400)
+    assert cfg.lr == 1e-4 and cfg.lr_min == 1e-5 and cfg.schedule == "cosine"
+    assert tuple(cfg.betas) == (0.9, 0.95)
+    net = cfg.arch_config()
+    for key, value in PAPER_CONFIGS[arch].items():
+        assert getattr(net, key) == value
+    if arch == "algebraformer":
+        assert 9.4e6 < count_parameters(build_solver(net)) < 9.6e6
+    ft = config_from_args(build_parser().parse_args(
+        ["train", arch, "--task", "reaction", "--budget", "paper", "--init", "m.pt",
+         "--out", "x.pt"]))
+    assert (ft.epochs, ft.lr, ft.schedule) == (500, 5e-5, "constant")  # appendix F
