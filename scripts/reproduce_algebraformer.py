@@ -223,8 +223,9 @@ def noise(model: str, test, count: int = 1000, seed: int = 7) -> tuple[list[str]
         methods["QR least squares"].append(rel_mse(np.array(qr), x).mean())
     fig, ax = plt.subplots(figsize=(5, 3.8))
     levels = np.array(NOISE_LEVELS[1:])
-    for name, vals in methods.items():
-        ax.loglog(levels, vals[1:], "o-", label=name)
+    styles = ("o-", "s--", "^:", "x-.")  # LU, SVD and QR coincide: distinct markers
+    for (name, vals), style in zip(methods.items(), styles, strict=True):
+        ax.loglog(levels, vals[1:], style, label=name, markersize=7, fillstyle="none")
     image = save_figure(fig, ax, "relative noise level on A and b",
                         "relative MSE vs the clean solution", "algebraformer_noise.png")
     lines = ["## Noise robustness (Fig. 2 right)", "",

@@ -18,7 +18,9 @@ token ``i`` is decoded by a linear layer into ``x_i``.
   decoder (paper: 4 layers of 384, 12 M and 9 M parameters... ours count 13.0 M
   and 9.8 M with the 65 -> 384 encoder).
 
-**Normalisation** (``CHOICE``; the paper does not state one): the network
+**Normalisation** (``CHOICE``; the paper does not state one; optionally the
+token features are also standardised with training-set statistics,
+:func:`token_statistics`): the network
 sees the row-equilibrated system ``Â = D A``, ``D = diag(1 / ||row_i(A)||_2)``
 (same solution, condition number ~3e3 instead of ~5e5 for the diffusion
 systems) and the unit right-hand side ``b̂ = D b / ||D b||``; its output,
@@ -59,6 +61,7 @@ __all__ = [
     "diagonal_blocks",
     "split_sizes",
     "count_parameters",
+    "token_statistics",
 ]
 
 ARCHS = ("algebraformer", "lstm", "gru")
@@ -75,6 +78,8 @@ class ArchConfig:
     heads: int = 4
     mlp_ratio: int = 4
     positional: bool = True
+    #: standardise each token feature with the training set's mean and std (see SystemSolver)
+    standardize: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,10 +236,15 @@ class SystemSolver(nn.Module):
         self.core = core
         self.n = n
         self.register_buffer("out_scale", torch.tensor(float(out_scale)))
+        # Token features enter as (t - in_mean) / in_std: identity unless the trainer
+        # sets them from its data (ArchConfig.standardize).
+        self.register_buffer("in_mean", torch.zeros(n + 1))
+        self.register_buffer("in_std", torch.ones(n + 1))
 
     def solve_normalised(self, Ah: Tensor, bh: Tensor) -> Tensor:
         """``(B, n, n), (B, n) -> (B, n)``: the network on normalised systems."""
-        return self.core(make_tokens(Ah, bh)) * self.out_scale
+        tokens = (make_tokens(Ah, bh) - self.in_mean) / self.in_std
+        return self.core(tokens) * self.out_scale
 
     @torch.jit.export
     def solve(self, A: Tensor, b: Tensor) -> Tensor:
@@ -265,6 +275,27 @@ class SystemSolver(nn.Module):
     def forward_batch(self, R: Tensor, blocks: Tensor, rowscale: Tensor, gather: Tensor,
                       scatter: Tensor) -> Tensor:
         return self._blocks_apply(R, blocks, rowscale, gather, scatter)
+
+
+def token_statistics(Ah: Tensor, bh: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of each token feature over a set of normalised systems.
+
+    Systems whose matrices share a dominant part (the Newton Hessians of a
+    uniform ``A`` are ``c 1 1^T`` plus 5% deviations) carry their information
+    in small variations of the tokens; standardising the features makes those
+    variations O(1) for the network.
+    """
+    total = torch.zeros(Ah.shape[-1] + 1, dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    count = 0
+    for i in range(0, Ah.shape[0], chunk):
+        t = make_tokens(Ah[i:i + chunk], bh[i:i + chunk]).double().reshape(-1, total.numel())
+        total += t.sum(0)
+        sq += t.pow(2).sum(0)
+        count += t.shape[0]
+    mean = total / count
+    std = (sq / count - mean.pow(2)).clamp_min(0.0).sqrt()
+    return mean, torch.where(std > 1e-12 * std.max(), std, torch.ones_like(std))
 
 
 def build_solver(cfg: ArchConfig, out_scale: float = 1.0) -> SystemSolver:

@@ -50,6 +50,7 @@ from .network import (
     SystemSolver,
     build_solver,
     count_parameters,
+    token_statistics,
 )
 
 __all__ = [
@@ -166,7 +167,12 @@ def load_solver(path: str, device: torch.device | str = "cpu") -> tuple[SystemSo
     training = loaded.metadata.training
     net = training["network"]
     solver = build_solver(ArchConfig(**net))
-    solver.load_state_dict(loaded.module.state_dict())
+    state = loaded.module.state_dict()
+    # models saved before input standardisation existed have no in_mean/in_std
+    result = solver.load_state_dict(state, strict=False)
+    if set(result.missing_keys) - {"in_mean", "in_std"} or result.unexpected_keys:
+        raise ValueError(f"model {path!r} does not match its network {net}: missing "
+                         f"{result.missing_keys}, unexpected {result.unexpected_keys}")
     return solver.to(device=device, dtype=loaded.metadata.torch_dtype), training
 
 
@@ -185,7 +191,12 @@ def train(cfg: TrainConfig, train_set: SystemSet, test_set: SystemSet | None = N
                              f"{cfg.task} systems have {train_set.n} unknowns")
     else:
         out_scale = float(train_set.xh.pow(2).mean().sqrt())
-        solver = build_solver(cfg.arch_config(train_set.n), out_scale)
+        arch = cfg.arch_config(train_set.n)
+        solver = build_solver(arch, out_scale)
+        if arch.standardize:
+            mean, std = token_statistics(train_set.Ah, train_set.bh)
+            solver.in_mean.copy_(mean)
+            solver.in_std.copy_(std)
     solver = solver.to(device=device, dtype=dtype)
     tr = train_set.to(device, dtype)
     te = test_set.to(device, dtype) if test_set is not None else None
@@ -305,6 +316,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise token features with training-set statistics "
+                        "(default: on for --task newton, off otherwise)")
     p.add_argument("--train-samples", type=int, default=None,
                    help="training systems (newton: trajectories); default from --budget")
     p.add_argument("--test-samples", type=int, default=None)
@@ -345,6 +359,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("width", "layers", "heads"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
+    standardize = args.task == "newton" if args.standardize is None else args.standardize
+    if standardize:
+        network["standardize"] = True
     return TrainConfig(
         arch=args.arch, task=args.task, network=network,
         train_samples=args.train_samples or n_train,

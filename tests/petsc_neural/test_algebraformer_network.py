@@ -130,3 +130,24 @@ def test_a_few_training_steps_lower_the_loss(arch):
 def test_relative_mse():
     t = torch.tensor([[3.0, 4.0]])
     assert float(relative_mse(t * 1.1, t)) == pytest.approx(0.01)
+
+
+def test_token_standardisation():
+    from petsc_neural.algebraformer.network import token_statistics
+
+    data = generate("diffusion", 6, seed=1, n=N_TINY)
+    tr = normalised_set("diffusion", data.A, data.b, data.x, dtype=torch.float64)
+    mean, std = token_statistics(tr.Ah, tr.bh, chunk=4)
+    tokens = make_tokens(tr.Ah, tr.bh).reshape(-1, N_TINY + 1)
+    torch.testing.assert_close(mean, tokens.mean(0))
+    torch.testing.assert_close(std, tokens.std(0, unbiased=False))
+    solver = tiny_solver()
+    ref = solver.solve_normalised(tr.Ah, tr.bh)
+    solver.in_mean.copy_(mean)
+    solver.in_std.copy_(std)
+    out = solver.solve_normalised(tr.Ah, tr.bh)
+    torch.testing.assert_close(out, solver.core((make_tokens(tr.Ah, tr.bh) - mean) / std)
+                               * solver.out_scale)
+    assert not torch.allclose(out, ref)
+    scripted = torch.jit.script(solver)
+    torch.testing.assert_close(scripted.solve_normalised(tr.Ah, tr.bh), out)

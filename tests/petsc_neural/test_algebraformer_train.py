@@ -112,3 +112,43 @@ def test_paper_configuration_and_budget_are_selectable(arch):
         ["train", arch, "--task", "reaction", "--budget", "paper", "--init", "m.pt",
          "--out", "x.pt"]))
     assert (ft.epochs, ft.lr, ft.schedule) == (500, 5e-5, "constant")  # appendix F
+
+
+def test_load_solver_reads_models_without_standardisation_buffers(tmp_path):
+    """Models written before ``in_mean``/``in_std`` existed (the shipped diffusion one) load."""
+    from pcshell import ModelMetadata, save_model
+    from petsc_neural.algebraformer.network import ArchConfig, build_solver
+
+    net = ArchConfig(n=N_TINY, width=16, layers=1, heads=2)
+    solver = build_solver(net, out_scale=3.0)
+
+    class Old(torch.nn.Module):  # the same module without the two buffers
+        def __init__(self):
+            super().__init__()
+            self.core = solver.core
+            self.n = solver.n
+            self.register_buffer("out_scale", solver.out_scale.clone())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = str(tmp_path / "old.pt")
+    save_model(Old(), path, ModelMetadata(method="algebraformer", training={
+        "network": net.to_dict()}))
+    loaded, _ = load_solver(path)
+    assert float(loaded.out_scale) == 3.0 and float(loaded.in_std.sum()) == N_TINY + 1
+    torch.testing.assert_close(loaded.core.encoder.weight.float(), solver.core.encoder.weight)
+
+
+def test_newton_task_standardises_by_default():
+    from petsc_neural.algebraformer.train import config_from_args
+    from petsc_neural.cli import build_parser
+
+    def cfg(*extra):
+        return config_from_args(build_parser().parse_args(["train", "algebraformer",
+                                                           *extra, "--out", "x.pt"]))
+
+    assert cfg("--task", "newton").arch_config().standardize
+    assert not cfg("--task", "diffusion").arch_config().standardize
+    assert cfg("--task", "diffusion", "--standardize").arch_config().standardize
+    assert not cfg("--task", "newton", "--no-standardize").arch_config().standardize
