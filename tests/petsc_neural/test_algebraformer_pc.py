@@ -174,6 +174,18 @@ def test_two_ranks_solve_their_diagonal_blocks(tmp_path):
     assert ksp.getConvergedReason() > 0
     full = np.concatenate(comm.allgather(x.getArray().copy()))
     np.testing.assert_allclose(full, np.linalg.solve(A, b), rtol=1e-6)
+    # PCBJACOBI's sub-PC on each rank splits its 20 rows into two blocks of 10, batched
+    A, b = chebyshev_system(40)
+    x, ksp, M, _ = _solve(A, b, {"ksp_type": "preonly", "pc_type": "bjacobi",
+                                 "sub_pc_type": "python",
+                                 "sub_pc_python_type": "petsc_neural.Algebraformer",
+                                 "sub_pc_neural_model": path,
+                                 "sub_pc_algebraformer_blocks": "auto"}, comm=PETSc.COMM_WORLD)
+    r0, r1 = M.getOwnershipRange()
+    sub = ksp.getPC().getBJacobiSubKSP()[0].getPC().getPythonContext()
+    assert (r1 - r0, sub.block_sizes, sub._applies) == (20, [10, 10], 1)
+    np.testing.assert_allclose(x.getArray(), _model_on_blocks(A[r0:r1, r0:r1], b[r0:r1],
+                                                              [10, 10]), rtol=1e-12, atol=1e-12)
 
 
 def test_shipped_diffusion_model_solves_held_out_systems():
