@@ -67,7 +67,6 @@ import torch
 from petsc4py import PETSc
 
 from pcshell import (
-    FLEXIBLE_KSP_TYPES,
     LoadedModel,
     ModelFileError,
     NeuralPCError,
@@ -185,8 +184,7 @@ class Algebraformer(ResidualNetworkPC):
             outer = prefix[: -len("sub_")]
             ksp_type = PETSc.Options(outer).getString("ksp_type", "")
             if ksp_type:
-                if ksp_type not in FLEXIBLE_KSP_TYPES and not self.opts["allow_nonflexible"]:
-                    self.check_ksp(pc, ksp_type)
+                self.check_ksp(pc, ksp_type)  # refused unless flexible (or allowed)
             else:
                 self.warn(pc, f"Algebraformer is a sub-PC (prefix {prefix!r}) and is nonlinear "
                               f"in the residual: the outer Krylov method must be flexible "
