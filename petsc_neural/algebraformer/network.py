@@ -372,6 +372,9 @@ def diagonal_blocks(crow: Tensor, col: Tensor, val: Tensor, sizes: list[int]) ->
     """
     m = int(crow.numel()) - 1
     device = crow.device
+    if len(sizes) == 1:  # the whole matrix; the arrays come from a checked CSR tensor
+        csr = torch.sparse_csr_tensor(crow, col, val, (m, m), check_invariants=False)
+        return [csr.to_dense()]
     rows = torch.repeat_interleave(torch.arange(m, device=device), crow.diff())
     block_of = torch.repeat_interleave(torch.arange(len(sizes), device=device),
                                        torch.tensor(sizes, device=device))
