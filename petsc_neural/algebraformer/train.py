@@ -339,7 +339,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="relative MSE of the solution (the paper's), or + relative residual")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--eval-every", type=float, default=1.0, help="epochs between test evals")
+    p.add_argument("--eval-every", type=float, default=None,
+                   help="epochs between test evaluations (default: every epoch, at most 20 "
+                        "evaluations per run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0,
                    help=f"seed of the training set (test set: + {TEST_SEED_OFFSET})")
@@ -372,7 +374,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         schedule=args.schedule or ("constant" if finetune else "cosine"),
         weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype,
         init=os.path.abspath(args.init) if args.init else None,
-        rhs=args.rhs, loss=args.loss, eval_every=args.eval_every, threads=args.threads,
+        rhs=args.rhs, loss=args.loss, threads=args.threads,
+        eval_every=args.eval_every or max(1.0, (args.epochs or epochs) / 20),
     )
 
 
