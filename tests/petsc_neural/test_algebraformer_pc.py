@@ -203,3 +203,35 @@ def test_shipped_diffusion_model_solves_held_out_systems():
     assert np.mean(errs) <= 1e-3, errs
     pc = ksp.getPC().getPythonContext()
     assert pc.model.path == get_method("algebraformer").model_path("diffusion")
+
+
+def test_matapply_is_one_batched_call_equal_to_apply(model):
+    """PCMatApply (many right-hand sides) goes through the model's forward_batch."""
+    A, _ = chebyshev_system(40)
+    M, _ = to_petsc(A, None, comm=PETSc.COMM_SELF)
+    pc = PETSc.PC().create(PETSc.COMM_SELF)
+    pc.setOperators(M)
+    pc.setType("python")
+    pc.setPythonType("petsc_neural.Algebraformer")
+    o = PETSc.Options()
+    o["pc_neural_model"] = model
+    o["pc_algebraformer_blocks"] = "auto"
+    try:
+        pc.setFromOptions()
+        pc.setUp()
+    finally:
+        o.delValue("pc_neural_model")
+        o.delValue("pc_algebraformer_blocks")
+    R = np.random.default_rng(2).standard_normal((40, 3))
+    R[:, 2] = 0.0  # zero in, zero out
+    X = PETSc.Mat().createDense((40, 3), array=R.copy(), comm=PETSc.COMM_SELF)
+    Y = PETSc.Mat().createDense((40, 3), comm=PETSc.COMM_SELF)
+    Y.setUp()
+    ctx = pc.getPythonContext()
+    before = ctx._applies
+    pc.matApply(X, Y)
+    assert ctx._applies == before + 1
+    out = Y.getDenseArray().copy()
+    for j in range(3):
+        np.testing.assert_allclose(out[:, j], _model_on_blocks(A, R[:, j], [14, 13, 13]),
+                                   rtol=1e-10, atol=1e-12)
