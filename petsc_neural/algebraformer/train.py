@@ -77,7 +77,7 @@ _BUDGETS: dict[str, dict[str, tuple[int, int, int]]] = {
 
 #: Peak learning rate of a run from scratch per budget (cosine decay to 1e-5).  The
 #: paper's 1e-4 is kept for its budget; the CPU budget has ~1/100 of the paper's
-#: steps, and 1e-3 reached a lower test error there (results/algebraformer.md).
+#: steps and takes a larger peak rate (a choice, not compared with 1e-4 in a recorded run).
 _PEAK_LR = {"cpu": 1e-3, "paper": 1e-4}
 
 
