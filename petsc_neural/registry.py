@@ -101,6 +101,17 @@ METHODS: dict[str, MethodSpec] = {
             trainer="petsc_neural.neuralsp.train",
             ksp="cg",
         ),
+        MethodSpec(
+            name="algebraformer",
+            title="Algebraformer: a transformer solving small dense systems (block solver)",
+            seed="004",
+            pc="petsc_neural.algebraformer.pc:Algebraformer",
+            prefix="pc_algebraformer_",
+            trainer="petsc_neural.algebraformer.train",
+            models={"diffusion": "algebraformer_diffusion.pt",
+                    "newton": "algebraformer_newton.pt"},
+            default_model="diffusion",
+        ),
     )
 }
 
