@@ -93,6 +93,17 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=-1)
 
 
+def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
+    """``sqrt`` with a zero (not infinite) derivative at 0: a solved system has zero norms."""
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
+                       torch.zeros_like(sq))
+
+
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    return _safe_sqrt(_dot(v, v))
+
+
 def fgmres(
     matvec: MatVec,
     b: torch.Tensor,
@@ -130,7 +141,7 @@ def fgmres(
         r0 = b
     else:
         r0 = b - matvec(x0)
-    beta = torch.linalg.vector_norm(r0, dim=-1)
+    beta = _norm(r0)
     alive = beta > 0
     one = torch.ones_like(beta)
     V = [r0 / torch.where(alive, beta, one)[:, None]]
@@ -147,13 +158,13 @@ def fgmres(
         z = torch.where(alive[:, None], z, torch.zeros_like(z))  # a solved system stays put
         Z.append(z)
         w = matvec(z)
-        wnorm0 = torch.linalg.vector_norm(w, dim=-1)
+        wnorm0 = _norm(w)
         h = []
         for i in range(j + 1):  # modified Gram-Schmidt: project one direction at a time
             hij = _dot(w, V[i])
             w = w - hij[:, None] * V[i]
             h.append(hij)
-        hnext = torch.linalg.vector_norm(w, dim=-1)
+        hnext = _norm(w)
         # A negligible new direction (relative to A z) means the residual is in the
         # space already: a happy breakdown.  Its v_{j+1} is set to zero.
         ok = alive & (hnext > tiny * torch.where(wnorm0 > 0, wnorm0, one))
@@ -166,7 +177,7 @@ def fgmres(
             hi, hi1 = h[i], h[i + 1]
             h[i] = cs[i] * hi + sn[i] * hi1
             h[i + 1] = -sn[i] * hi + cs[i] * hi1
-        rho = torch.sqrt(h[j] * h[j] + hnext * hnext)
+        rho = _safe_sqrt(h[j] * h[j] + hnext * hnext)
         safe = rho > 0
         rho_s = torch.where(safe, rho, one)
         c = torch.where(safe, h[j] / rho_s, one)

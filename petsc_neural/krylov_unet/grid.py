@@ -86,11 +86,18 @@ def check_dirichlet_faces(A33: sp.csr_matrix, G: int) -> str | None:
     return None
 
 
-def geometry_field(A33: sp.spmatrix) -> np.ndarray:
-    """The discrete vessel-geometry field: row sums of the 3D block ``A_33``.
+def geometry_field(A33: sp.spmatrix, G: int) -> np.ndarray:
+    """The discrete vessel-geometry field: row sums of the 3D block ``A_33`` (grid order).
 
     On interior nodes the P1 stiffness rows sum to zero, so what is left is
-    the coupling ``2 pi R beta Pi^T M 1`` (how much vessel couples to the node);
-    next to the boundary the eliminated Dirichlet columns add a fixed pattern.
+    the coupling ``2 pi R beta (Pi^T M 1)_i``: how much vessel couples to node
+    ``i``.  On the faces and on the layer next to them the eliminated
+    Dirichlet columns make the stiffness rows sum to O(h) (30-300 times the
+    coupling); that fixed pattern says nothing about the vessels, so the field
+    is zero there (``mixed_3d1d`` keeps its trees in [0.1, 0.9]^3, more than
+    one cell away from the boundary for 16 or more cells per edge).
     """
-    return np.asarray(A33 @ np.ones(A33.shape[1])).ravel()
+    g = np.asarray(A33 @ np.ones(A33.shape[1])).ravel().reshape(G, G, G)
+    out = np.zeros_like(g)
+    out[2:-2, 2:-2, 2:-2] = g[2:-2, 2:-2, 2:-2]
+    return out.ravel()

@@ -16,11 +16,11 @@ cube, lexicographic order, x fastest):
 - ``residual``: the 3D residual (for the coupled system: the residual of the
   3D Schur complement after eliminating the 1D unknowns, see
   :mod:`petsc_neural.krylov_unet.pc`);
-- ``geometry``: the row sums of the 3D block ``A_33``.  For an interior node
+- ``geometry``: the row sums of the 3D block ``A_33`` (:func:`.grid.geometry_field`;
+  zero on the faces and the layer next to them).  For an interior node
   the stiffness part sums to zero, so what remains is ``2 pi R beta (Pi^T M 1)_i``:
   the vessel length coupled to node ``i`` (the discrete vessel-geometry field
-  of seed 002), plus a fixed pattern on the layer next to the Dirichlet
-  boundary.  It is scaled by the RMS of the diagonal and by ``geometry_scale``
+  of seed 002).  It is scaled by the RMS of the diagonal and by ``geometry_scale``
   (fixed at training time so that the channel is O(1));
 - ``diagonal``: the diagonal of ``A_33``.  Its RMS over the interior sets the
   output scale (seed 002 §6.2: "a normalization factor based on the average

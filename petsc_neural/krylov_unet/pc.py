@@ -122,6 +122,23 @@ class KrylovUNet(ResidualNetworkPC):
         self._times = {"gather": 0.0, "network": 0.0, "oned": 0.0}
         self._info: dict = {}
 
+    # Work-around (pcshell.ModelPC.initialize reads the options again at setup): a PC
+    # set up lazily inside PCFIELDSPLIT (at the first KSPSolve) by a caller that has
+    # already removed its options (firedrake_problems' Problem.solve does) would
+    # silently fall back to the defaults.  PETSc reads options in setFromOptions; when
+    # none of ours is left in the database at setup, the values read there are kept.
+    def setFromOptions(self, pc: PETSc.PC) -> None:  # noqa: N802
+        super().setFromOptions(pc)
+        self._from_options = dict(self.opts)
+
+    def read_options(self, pc: PETSc.PC) -> dict:
+        saved = getattr(self, "_from_options", None)
+        if saved is not None:
+            prefixes = (self.options_prefix(pc), self.options_prefix(pc, self.method_prefix))
+            if not any(k.startswith(prefixes) for k in PETSc.Options().getAll()):
+                return dict(saved)
+        return super().read_options(pc)
+
     def method_options(self) -> list[Option]:
         return [Option("max_grid", 257, "largest grid (nodes per direction) accepted", low=4)]
 
@@ -218,7 +235,7 @@ class KrylovUNet(ResidualNetworkPC):
             root["A13"] = R1[:, rows3].tocsr()
             root["lu"] = splu(sp.csc_matrix(R1[:, rows1]))
         dt = self.dtype
-        root["static"] = (torch.from_numpy(geometry_field(A33)).to(device=self.device, dtype=dt),
+        root["static"] = (torch.from_numpy(geometry_field(A33, G)).to(device=self.device, dtype=dt),
                           torch.from_numpy(A33.diagonal().copy()).to(device=self.device,
                                                                      dtype=dt))
         root["info"] = {"G": G, "n3": len(rows3), "n1": len(rows1),

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from .grid import geometry_field
+from .network import grid_size
 
 __all__ = ["CoupledSystem", "torch_csr", "batch_matvec"]
 
@@ -31,6 +32,7 @@ def torch_csr(A: sp.spmatrix, dtype: torch.dtype) -> torch.Tensor:
             torch.from_numpy(A.indices.astype(np.int64)),
             torch.from_numpy(A.data.astype(np.float64)).to(dtype),
             size=A.shape,
+            check_invariants=False,  # scipy CSR (sorted, in range) is valid by construction
         )
 
 
@@ -48,7 +50,7 @@ class CoupledSystem:
         self.dtype = dtype
         self.n3 = A33.shape[0]
         self.A33 = torch_csr(A33, dtype)
-        self.geometry = torch.from_numpy(geometry_field(A33)).to(dtype)
+        self.geometry = torch.from_numpy(geometry_field(A33, grid_size(self.n3))).to(dtype)
         self.diagonal = torch.from_numpy(np.asarray(A33.diagonal(), np.float64)).to(dtype)
         self.n1 = 0 if A31 is None else A31.shape[1]
         if self.n1:

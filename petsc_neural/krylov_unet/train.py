@@ -54,8 +54,9 @@ log = logging.getLogger("petsc_neural.training.krylov_unet")
 VAL_OFFSET = 10_000
 TEST_SEED = 50_000
 MODEL_INPUTS = ["residual", "geometry", "diagonal"]
-#: Scale of the geometry channel (row sums / RMS diagonal are ~1e-2 for the family's defaults).
-GEOMETRY_SCALE = 30.0
+#: Scale of the geometry channel: the coupling row sums are 1e-4 to 1e-2 of the RMS
+#: diagonal for the family's defaults (R = 0.02, beta = 1).
+GEOMETRY_SCALE = 100.0
 
 
 @dataclass
@@ -163,6 +164,7 @@ def train(
     net = KrylovUNet(width=cfg.width, geometry_scale=GEOMETRY_SCALE)
     if cfg.init:
         init = load_model(cfg.init, method="krylov_unet")
+        net = KrylovUNet(**init.metadata.training["network"])
         net.load_state_dict(init.module.state_dict())
     net = net.to(dtype)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -174,13 +176,13 @@ def train(
         if cfg.stage == "static":
             systems, R = _static_batch(train_set, cfg.batch, gen)
             loss = static_loss(net, systems, R)
-            return loss, {"static": float(loss)}
+            return loss, {"static": float(loss.detach())}
         idx = torch.randint(len(train_set), (cfg.batch,), generator=gen).tolist()
         kind = torch.randint(2, (cfg.batch,), generator=gen).tolist()
         systems = [train_set[j].system for j in idx]
         b = torch.stack([train_set[j].rhs[k] for j, k in zip(idx, kind, strict=True)])
         loss, sines = dynamic_loss(net, systems, b, cfg.m)
-        return loss, {"sin": float(loss), "sin1": float(sines[:, 0].mean())}
+        return loss, {"sin": float(loss.detach()), "sin1": float(sines[:, 0].mean())}
 
     def callback(i: int, loss: float, parts) -> None:
         done = i + 1
@@ -263,7 +265,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lr-final", type=float, default=None, help="end of the exponential decay")
     p.add_argument("--m", type=int, default=10, help="FGMRES steps of the dynamic loss")
-    p.add_argument("--width", type=int, default=32, help="channels of the first level")
+    p.add_argument("--width", type=int, default=32,
+                   help="channels of the first level (dynamic: taken from --init)")
     p.add_argument("--init", default=None, help="model to start from (dynamic: the static one)")
     p.add_argument("--paper", action="store_true",
                    help="seed 002's configuration (Table 2 static / Table 3 dynamic)")
@@ -297,8 +300,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if cfg.stage == "dynamic" and not cfg.init:
         raise SystemExit("--stage dynamic needs --init STATIC_MODEL.pt (the static stage's output)")
     if cfg.init:
-        cfg.init_hash = load_model(cfg.init, method="krylov_unet").metadata.content_hash
+        init = load_model(cfg.init, method="krylov_unet").metadata
+        cfg.init_hash = init.content_hash
         cfg.init = os.path.abspath(cfg.init)
+        cfg.width = int(init.training["network"]["width"])
     return cfg
 
 
