@@ -33,7 +33,7 @@ from .grid import dirichlet_faces, lattice_order
 from .system import CoupledSystem
 
 __all__ = ["GraphData", "generate_graphs", "load_graph", "graph_path", "split_problem",
-           "family_params"]
+           "problem_blocks", "family_params", "load_stiffness"]
 
 log = logging.getLogger("petsc_neural.training.krylov_unet")
 
@@ -73,21 +73,29 @@ def _load_csr(z, name: str) -> sp.csr_matrix:
                          shape=tuple(z[f"{name}_shape"]))
 
 
-def _problem_blocks(size: int, seed: int, params: dict):
-    from mpi4py import MPI
-
-    from firedrake_problems.mixed_3d1d import mixed_3d1d
+def problem_blocks(p) -> tuple[dict, np.ndarray, np.ndarray, int]:
+    """``(blocks, rows3, rows1, G)`` of a serial ``mixed_3d1d`` Problem (3D rows in grid order)."""
     from pcshell import to_scipy
 
-    p = mixed_3d1d(size, seed, MPI.COMM_SELF, rhs="source", **params)
+    if p.A.getComm().getSize() != 1:
+        raise ValueError("problem_blocks needs a problem on one process")
     A = to_scipy(p.A)
     is3 = np.asarray(p.fields["3d"].getIndices(), np.int64)
     is1 = np.asarray(p.fields["1d"].getIndices(), np.int64)
     order, G = lattice_order(p.coordinates[is3])
     rows3 = is3[order]
-    blocks = split_problem(A, rows3, is1)
+    return split_problem(A, rows3, is1), rows3, is1, G
+
+
+def _problem_blocks(size: int, seed: int, params: dict):
+    from mpi4py import MPI
+
+    from firedrake_problems.mixed_3d1d import mixed_3d1d
+
+    p = mixed_3d1d(size, seed, MPI.COMM_SELF, rhs="source", **params)
+    blocks, rows3, rows1, G = problem_blocks(p)
     b = p.b.getArray(readonly=True).copy()
-    return p, blocks, rows3, is1, b, G
+    return p, blocks, rows3, rows1, b, G
 
 
 def generate_graphs(

@@ -45,7 +45,7 @@ def static_loss(net: KrylovUNet, systems: list[CoupledSystem], R: torch.Tensor) 
 def dynamic_loss(
     net: KrylovUNet, systems: list[CoupledSystem], b: torch.Tensor, m: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean |sin|, sines (B, m))`` of ``m`` FGMRES steps on ``S_i x = b_i`` preconditioned by ``net``."""
+    """``(mean |sin|, sines (B, m))``: ``m`` FGMRES steps on ``S_i x = b_i``, ``net`` the PC."""
     res = fgmres(batch_matvec(systems), b, network_precond(net, systems), m)
     sines = res.sines
     return sines.abs().mean(), sines.detach()

@@ -3,9 +3,9 @@
 Seed 002 §6.1, Table 1 (channels 2 -> 32 -> 64 -> 128, max pooling down,
 transposed convolutions up, skip connections by concatenation)::
 
-    level 0   conv 3^3   2 -> 32   (residual, geometry)          ... conv 3^3 64 -> 32, 1^3 -> 1
-    level 1   pool, conv 3^3  32 -> 64                           ... up 2^3 128 -> 64, conv 3^3 128 -> 64
-    level 2   pool, conv 3^3  64 -> 128, conv 3^3 128 -> 128  (bottom)
+    level 0  conv 3^3 2 -> 32 (residual, geometry)   ... up 2^3 64 -> 32, conv 3^3 64 -> 32, 1 -> 1
+    level 1  pool, conv 3^3 32 -> 64                 ... up 2^3 128 -> 64, conv 3^3 128 -> 64
+    level 2  pool, conv 3^3 64 -> 128, conv 3^3 128 -> 128 (bottom)
 
 1.08 M parameters (Table 1: 1.09 M; its first row counts 13,840 where one
 2 -> 32 convolution has 1,760: the paper does not say what else that row holds).

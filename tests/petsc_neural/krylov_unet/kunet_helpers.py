@@ -24,8 +24,8 @@ def grid_coordinates(G: int) -> np.ndarray:
 def laplacian3d(G: int) -> sp.csr_matrix:
     h = 1.0 / (G - 1)
     T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(G, G))
-    I = sp.eye(G)
-    K = (sp.kron(sp.kron(I, I), T) + sp.kron(sp.kron(I, T), I) + sp.kron(sp.kron(T, I), I)) * h
+    E = sp.eye(G)
+    K = (sp.kron(sp.kron(E, E), T) + sp.kron(sp.kron(E, T), E) + sp.kron(sp.kron(T, E), E)) * h
     return K.tocsr()
 
 
@@ -76,3 +76,42 @@ def coupled_system(G: int = 9, seed: int = 0, n1: int = 12, c: float = 0.5):
     A = sp.bmat([[A33, A31], [A13, A11]]).tocsr()
     coords = np.vstack([grid_coordinates(G), pts])
     return A, n3, coords, {"A33": A33, "A31": A31, "A13": A13, "A11": A11}
+
+
+def kunet_params(model: str | None, ksp_type: str = "fgmres", rtol: float = 1e-8) -> dict:
+    params = {"ksp_type": ksp_type, "ksp_rtol": rtol, "ksp_atol": 0.0, "ksp_max_it": 400,
+              "ksp_gmres_restart": 400, "pc_type": "python",
+              "pc_python_type": "petsc_neural.KrylovUNet"}
+    if model:
+        params["pc_neural_model"] = model
+    return params
+
+
+def plain_params(pc_type: str = "none", rtol: float = 1e-8) -> dict:
+    return {"ksp_type": "fgmres", "ksp_rtol": rtol, "ksp_atol": 0.0, "ksp_max_it": 400,
+            "ksp_gmres_restart": 400, "pc_type": pc_type}
+
+
+def train_tiny_model(path: str, systems, steps: int = 150, width: int = 4, seed: int = 0) -> str:
+    """A float64 KrylovUNet of ``width`` trained ``steps`` static steps on ``systems``; saved."""
+    import torch
+
+    from pcshell import ModelMetadata, save_model
+    from petsc_neural.krylov_unet.loss import static_loss
+    from petsc_neural.krylov_unet.network import KrylovUNet
+    from petsc_neural.krylov_unet.train import GEOMETRY_SCALE, MODEL_INPUTS
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = KrylovUNet(width=width, geometry_scale=GEOMETRY_SCALE).double()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(steps):
+        R = torch.randn(len(systems), systems[0].n3, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        static_loss(net, systems, R).backward()
+        opt.step()
+    save_model(net.eval(), path, ModelMetadata(method="krylov_unet", dtype="float64",
+                                               problem_family="mixed_3d1d",
+                                               inputs=list(MODEL_INPUTS), linear=False,
+                                               training={"network": net.config()}))
+    return path

@@ -1,4 +1,4 @@
-"""KrylovUNet's network, grid map and losses on a synthetic 3D-1D system (no Firedrake, no PETSc)."""
+"""KrylovUNet's network, grid map and losses on a synthetic 3D-1D system (no Firedrake/PETSc)."""
 
 import numpy as np
 import pytest
