@@ -646,34 +646,28 @@ def main(argv: list[str] | None = None) -> int:
         "transfer grid": f"n = {2 * args.size}: a {2 * args.size + 1}^3 tissue grid"}
     pcs = ["none", "static", "dynamic", "ilu", "gamg0", "gamg", "fieldsplit_gamg",
            "fieldsplit_kunet", "lu"]
-    if "solves" in parts:
-        lines: list[str] = []
+
+    def solves_part(args, res, lines):
         part_solves(args, res, lines, args.size, args.tests, "training grid", pcs)
         floor_check(res, lines, "training grid")
         lines.append(f"Plot: `{plot_iterations(res, args.out, 'training grid')}`.\n")
-        sections["solves"] = lines
-    if "curves" in parts:
-        lines = []
-        part_curves(args, res, lines)
-        sections["curves"] = lines
-    if "transfer" in parts:
-        lines = []
+
+    def transfer_part(args, res, lines):
         part_solves(args, res, lines, 2 * args.size, args.transfer_tests, "transfer grid",
                     ["none", "static", "dynamic", "gamg"])
-        sections["transfer"] = lines
-    if "oned" in parts:
-        lines = []
-        part_oned(args, res, lines)
-        sections["oned"] = lines
-    if "ranks" in parts:
-        lines = []
-        part_ranks(args, res, lines)
-        sections["ranks"] = lines
+
+    runners = {"solves": solves_part, "curves": part_curves, "transfer": transfer_part,
+               "oned": part_oned, "ranks": part_ranks}
+    for key, fn in runners.items():
+        if key in parts:
+            lines: list[str] = []
+            fn(args, res, lines)
+            sections[key] = lines
     res["sections"] = sections
     with open(json_path, "w") as f:
         json.dump(res, f, indent=1, default=float)
     body = head[:]
-    for key in ("solves", "curves", "transfer", "oned", "ranks"):
+    for key in runners:
         body += sections.get(key, [])
     with open(os.path.join(args.out, "krylov_unet.md"), "w") as f:
         f.write("\n".join(body) + "\n")
