@@ -111,7 +111,7 @@ class KrylovUNet(ResidualNetworkPC):
 
     method = "krylov_unet"
     title = "KrylovUNet 3D U-Net trained on Krylov angles (seed 002)"
-    method_prefix = "pc_kunet_"
+    method_prefix = get_method("krylov_unet").prefix
     citation = CITATION
 
     def __init__(self) -> None:
@@ -365,10 +365,11 @@ class KrylovUNet(ResidualNetworkPC):
     def matApply(self, pc: PETSc.PC, X: PETSc.Mat, Y: PETSc.Mat) -> None:  # noqa: N802
         """Column by column (each apply gathers the whole grid on rank 0)."""
         for j in range(X.getSize()[1]):
-            xj, yj = X.getColumnVector(j), Y.getColumnVector(j)
+            xj = X.getDenseColumnVec(j, "r")
+            yj = Y.getDenseColumnVec(j, "w")
             self.apply(pc, xj, yj)
-            X.restoreColumnVector(j, xj)
-            Y.restoreColumnVector(j, yj)
+            X.restoreDenseColumnVec(j, "r", xj)
+            Y.restoreDenseColumnVec(j, "w", yj)
 
     # -- view ------------------------------------------------------------------------
     def view_details(self, pc: PETSc.PC) -> list[str]:
