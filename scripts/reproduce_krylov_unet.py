@@ -162,24 +162,23 @@ def part_solves(args, res: dict, lines: list[str], size: int, n: int, tag: str,
     if "gamg" in pcs and gamg is None:
         gamg_name, gamg = tune_gamg(args.size, args.rtol)
         res["gamg_tuned"] = (gamg_name, gamg)
-    rows = {}
-    for rtol in (args.rtol, 1e-6):
-        out = {pc: [] for pc in pcs}
-        for i in range(n):
-            p = build(size, TEST_SEED + i)
+    tols = (args.rtol, 1e-6)
+    rows = {f"{rtol:g}": {pc: [] for pc in pcs} for rtol in tols}
+    for i in range(n):
+        p = build(size, TEST_SEED + i)
+        for rtol in tols:
             for pc in pcs:
                 if pc == "lu" and size > args.lu_max_size:
                     continue
                 r = solve(p, {**fgmres_params(rtol), **pc_options(pc, args.static,
                                                                    args.dynamic, gamg or {})})
                 r["seed"] = TEST_SEED + i
-                out[pc].append(r)
+                rows[f"{rtol:g}"][pc].append(r)
                 sys.stdout.write(f"[{tag} rtol {rtol:g}] seed {TEST_SEED + i} {pc}: "
                                  f"{r['iterations']} its, reason {r['reason']}, "
                                  f"{r['setup'] + r['solve']:.2f} s\n")
                 sys.stdout.flush()
-            p.A.destroy()
-        rows[f"{rtol:g}"] = out
+        p.A.destroy()
     res[tag] = rows
     md = res.get("metadata", {})
     dofs = md.get(tag)

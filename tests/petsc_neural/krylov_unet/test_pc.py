@@ -58,6 +58,26 @@ def test_apply_is_the_block_elimination_around_the_network(model, problem):
     np.testing.assert_allclose(za[rows1], scale * z1, rtol=1e-10, atol=1e-14 * abs(za).max())
 
 
+def test_mat_apply_is_apply_column_by_column(model, problem):
+    ksp = problem.make_ksp(kunet_params(model))
+    pc = ksp.getPC()
+    n = problem.A.getSize()[0]
+    X = PETSc.Mat().createDense((n, 3), comm=PETSc.COMM_SELF)
+    X.setUp()
+    data = np.random.default_rng(4).standard_normal((n, 3))
+    data[:, 1] = 0.0  # zero in, zero out
+    X.getDenseArray()[:] = data
+    X.assemble()
+    Y = X.duplicate()
+    pc.matApply(X, Y)
+    for j in range(3):
+        x, y = problem.A.createVecs()
+        x.setArray(data[:, j])
+        pc.apply(x, y)
+        np.testing.assert_allclose(Y.getDenseArray()[:, j], y.getArray(), rtol=1e-13, atol=0)
+    assert not Y.getDenseArray()[:, 1].any()
+
+
 def test_fgmres_on_the_coupled_matrix_beats_no_preconditioner(model, problem):
     x, ksp = problem.solve(kunet_params(model))
     _, ksp_none = problem.solve(plain_params("none"))
