@@ -1,4 +1,4 @@
-"""petsc_neural.KrylovUNet inside PETSc: whole coupled matrix, fieldsplit, Firedrake, MPI, errors."""
+"""petsc_neural.KrylovUNet in PETSc: whole coupled matrix, fieldsplit, Firedrake, MPI, errors."""
 
 import numpy as np
 import pytest
@@ -105,15 +105,27 @@ def test_as_the_pc_of_the_3d_block_inside_a_schur_fieldsplit(model, problem):
     assert sub.model.path == model and sub._info["n1"] == 0 and sub._info["G"] == SIZE + 1
 
 
-def test_refused_under_gmres_and_view_says_what_it_does(model, problem):
+def test_shipped_model_is_used_when_none_is_given(problem):
+    """The shipped model (trained on a 33^3 grid) serves the 9^3 grid too."""
+    _, ksp = problem.solve(kunet_params(None))
+    _, ksp_none = problem.solve(plain_params("none"))
+    ctx = ksp.getPC().getPythonContext()
+    assert ctx.model.path.endswith("krylov_unet_mixed3d1d.pt")
+    assert ctx.model.metadata.dtype == "float32"
+    assert ksp.getConvergedReason() > 0
+    assert ksp.getIterationNumber() < ksp_none.getIterationNumber() / 2
+
+
+def test_refused_under_gmres_and_view_says_what_it_does(model, problem, tmp_path):
     with pytest.raises(PETSc.Error) as info:
         problem.solve(kunet_params(model, ksp_type="gmres"))
     assert "nonlinear in the residual" in str(info.value.__cause__)
     ksp = problem.make_ksp(kunet_params(model))
-    viewer = PETSc.Viewer().createASCII("kunet_view.txt", comm=PETSc.COMM_SELF)
+    path = str(tmp_path / "kunet_view.txt")
+    viewer = PETSc.Viewer().createASCII(path, comm=PETSc.COMM_SELF)
     ksp.view(viewer)
     viewer.destroy()
-    with open("kunet_view.txt") as f:
+    with open(path) as f:
         text = f.read()
     assert "petsc_neural KrylovUNet" in text and f"grid {SIZE + 1}^3" in text
     assert "eliminated exactly" in text and "network on this process" in text
