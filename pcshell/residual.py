@@ -280,7 +280,8 @@ class ResidualNetworkPC(ModelPC):
                 self._fallback_this_solve = True
                 self.activate_fallback(pc, f"the residual fell by less than "
                                            f"{self.opts['stagnation_factor']} over "
-                                           f"{self.opts['stagnation']} iterations")
+                                           f"{self.opts['stagnation']} iterations",
+                                       until="for the rest of this solve")
             if self.fallback_reason is not None:
                 self.fallback.apply(x, y)
                 return
