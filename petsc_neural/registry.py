@@ -112,6 +112,16 @@ METHODS: dict[str, MethodSpec] = {
                     "newton": "algebraformer_newton.pt"},
             default_model="diffusion",
         ),
+        MethodSpec(
+            name="krylov_unet",
+            title="KrylovUNet: 3D U-Net trained through a differentiable FGMRES on Krylov angles",
+            seed="002",
+            pc="petsc_neural.krylov_unet.pc:KrylovUNet",
+            prefix="pc_kunet_",
+            trainer="petsc_neural.krylov_unet.train",
+            models={"mixed_3d1d": "krylov_unet_mixed3d1d.pt"},
+            default_model="mixed_3d1d",
+        ),
     )
 }
 
