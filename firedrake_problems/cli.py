@@ -46,6 +46,11 @@ TABLE_CASES: list[tuple[str, str, dict, tuple[int, int, int]]] = [
     ("cdr 2D convection", "cdr", {"dim": 2, "regime": "convection"}, (32, 64, 128)),
     ("cdr 2D reaction", "cdr", {"dim": 2, "regime": "reaction"}, (32, 64, 128)),
     ("mixed_3d1d", "mixed_3d1d", {}, (8, 12, 16)),
+    ("FD 1D convection (upwind)", "fd_cdr", {"dim": 1, "regime": "convection"}, (256, 1024, 2048)),
+    ("FD 1D reaction", "fd_cdr", {"dim": 1, "regime": "reaction"}, (256, 1024, 2048)),
+    ("FD 2D convection (upwind)", "fd_cdr", {"dim": 2, "regime": "convection"}, (32, 64, 128)),
+    ("FD 2D reaction", "fd_cdr", {"dim": 2, "regime": "reaction"}, (32, 64, 128)),
+    ("FD rotated Laplacian", "fd_rotated", {"theta": 0.5}, (32, 64, 98)),
 ]
 
 
@@ -204,6 +209,8 @@ FAMILY_NAMES: tuple[str, ...] = (
     "elasticity",
     "cdr",
     "mixed_3d1d",
+    "fd_cdr",
+    "fd_rotated",
 )
 
 
