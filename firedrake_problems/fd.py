@@ -66,6 +66,7 @@ __all__ = [
     "FDProblem",
     "cdr_operator",
     "rotated_operator",
+    "rotated_tensor",
     "fd_operator",
     "fd_cdr",
     "fd_rotated",
@@ -166,10 +167,16 @@ def cdr_operator(dim: int = 1, regime: str = "convection", scheme: str = "auto")
                        reaction=lambda x: -10.0 * (1.0 + _r2(x)), scheme=scheme, params=params)
 
 
+def rotated_tensor(cos2: Any, sin2: Any, xi: float) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """Seed 003 eq. 48 in terms of ``(cos 2 theta, sin 2 theta)`` (floats or arrays): the
+    tensor is pi-periodic in theta, and a parametric network takes these two inputs."""
+    m, d = 0.5 * (1.0 + xi), 0.5 * (1.0 - xi)
+    return ((m + d * cos2, d * sin2), (d * sin2, m - d * cos2))
+
+
 def rotated_operator(theta: float = 0.0, xi: float = 0.1) -> CDROperator:
     """The rotated anisotropic Laplacian of seed 003 eq. 48 (constant tensor)."""
-    c, s = math.cos(theta), math.sin(theta)
-    T = ((c * c + xi * s * s, c * s * (1.0 - xi)), (c * s * (1.0 - xi), s * s + xi * c * c))
+    T = rotated_tensor(math.cos(2 * theta), math.sin(2 * theta), xi)
     return CDROperator("fd_rotated", 2, tensor=T, scheme="central",
                        params={"theta": float(theta), "xi": float(xi)})
 

@@ -93,14 +93,17 @@ class StackedMLP(nn.Module):
         self.n_layers = len(dims) - 1
         self.pairs: list[tuple[int, int]] = hessian_pairs(nd) if nd > 0 else []
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, first: int = -1) -> torch.Tensor:
+        """``first > 0``: only the first ``first`` MLPs (``z`` has that many rows)."""
         # tanh(u) = 2 sigmoid(2u) - 1, with the factors folded into the weights: with
         # h = sigmoid(2u) the next pre-activation is 2 W h + (b - W 1).  One elementwise
         # pass per layer instead of four (evaluation cost is what bounds the setup).
         h = z
         i = 0
         last = self.n_layers - 1
-        for w, b in zip(self.weights, self.biases):
+        for w_all, b_all in zip(self.weights, self.biases):
+            w = w_all if first < 0 else w_all[:first]
+            b = b_all if first < 0 else b_all[:first]
             if i == 0:  # 2u = 2 (z W + b)
                 h = torch.sigmoid(torch.baddbmm(b, h, w, beta=2.0, alpha=2.0))
             else:  # u = (2h - 1) W + b = 2 h W + (b - 1 W)
@@ -112,21 +115,25 @@ class StackedMLP(nn.Module):
             i += 1
         return h
 
-    def derivatives(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def derivatives(self, z: torch.Tensor, first: int = -1
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Value ``(E, B)``, gradient ``(E, B, nd)``, second derivatives ``(E, B, n_pairs)``
         (single-output MLPs).  The value and derivative channels are stacked along the
         batch axis, so each layer is one ``bmm`` and every elementwise operation runs on
         contiguous ``(E, B, width)`` slices."""
         nd = self.nd
         E, B = z.shape[0], z.shape[1]
-        w0 = self.weights[0]
-        zz = torch.baddbmm(self.biases[0], z, w0)
+        w0 = self.weights[0] if first < 0 else self.weights[0][:first]
+        b0 = self.biases[0] if first < 0 else self.biases[0][:first]
+        zz = torch.baddbmm(b0, z, w0)
         width = zz.shape[2]
         dz = [w0[:, k:k + 1, :].expand(E, B, width) for k in range(nd)]
         hz: list[torch.Tensor] = []
         chans: list[torch.Tensor] = []
         i = 1
-        for w, b in zip(self.weights, self.biases):
+        for w_all, b_all in zip(self.weights, self.biases):
+            w = w_all if first < 0 else w_all[:first]
+            b = b_all if first < 0 else b_all[:first]
             if i > 1:
                 # previous layer's activations and derivatives, stacked: one bmm
                 u = torch.bmm(torch.cat(chans, dim=1), w)
@@ -177,19 +184,21 @@ class Level(nn.Module):
         self.gap0 = _softplus_inv(0.5)  # alpha_2 - alpha_1 = 0.5 at start
         self.ratio0 = 0.0  # beta_2 = beta_1 / 2 at start
 
-    def exponents(self, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """``(Q, B, 4)``: ``alpha_1, beta_1, alpha_2, beta_2`` of each expert at the sources."""
+    def exponents(self, y: torch.Tensor, p: torch.Tensor, n: int = -1) -> torch.Tensor:
+        """``(Q, B, 4)``: ``alpha_1, beta_1, alpha_2, beta_2`` of each expert at the sources
+        (of the first ``n`` experts if ``n > 0``)."""
+        q = self.n_experts if n < 0 else n
         yp = torch.cat([y, p], dim=1)
-        s = self.scales(yp.unsqueeze(0).expand(self.n_experts, yp.shape[0], yp.shape[1]))
-        a1 = self.alpha0 + s[:, :, 0]
+        s = self.scales(yp.unsqueeze(0).expand(q, yp.shape[0], yp.shape[1]), q)
+        a1 = self.alpha0[:q] + s[:, :, 0]
         b1 = 1.0 + 0.25 * torch.tanh(s[:, :, 1])
         a2 = a1 + F.softplus(s[:, :, 2] + self.gap0)
         b2 = b1 * torch.sigmoid(s[:, :, 3] + self.ratio0)
         return torch.stack([a1, b1, a2, b2], dim=2)
 
-    def _inputs(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor
+    def _inputs(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor, n: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        e = self.exponents(y, p)  # (Q, B, 4)
+        e = self.exponents(y, p, n)  # (Q, B, 4)
         Q, B = e.shape[0], e.shape[1]
         le = self.log_eps
         amp = torch.exp(e[:, :, 0::2] * le).reshape(Q, B, 2).transpose(1, 2).reshape(2 * Q, B)
@@ -198,19 +207,21 @@ class Level(nn.Module):
         yp = torch.cat([y, p], dim=1).unsqueeze(0).expand(2 * Q, B, y.shape[1] + p.shape[1])
         return torch.cat([d, yp], dim=2), amp, inv
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """``(Q, B)``: each expert's value."""
-        z, amp, _ = self._inputs(x, y, p)
-        f = self.branches(z).squeeze(2) * amp  # (2Q, B)
-        return f.reshape(self.n_experts, 2, -1).sum(1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor, n: int = -1
+                ) -> torch.Tensor:
+        """``(Q, B)``: each expert's value (the first ``n`` experts if ``n > 0``)."""
+        q = self.n_experts if n < 0 else n
+        z, amp, _ = self._inputs(x, y, p, q)
+        f = self.branches(z, 2 * q).squeeze(2) * amp  # (2Q, B)
+        return f.reshape(q, 2, -1).sum(1)
 
-    def derivatives(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor
+    def derivatives(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor, n: int = -1
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each expert's value ``(Q, B)``, gradient ``(Q, B, dim)`` and second derivatives
-        ``(Q, B, n_pairs)`` in ``x``."""
-        z, amp, inv = self._inputs(x, y, p)
-        v, g, h = self.branches.derivatives(z)
-        Q = self.n_experts
+        ``(Q, B, n_pairs)`` in ``x`` (the first ``n`` experts if ``n > 0``)."""
+        Q = self.n_experts if n < 0 else n
+        z, amp, inv = self._inputs(x, y, p, Q)
+        v, g, h = self.branches.derivatives(z, 2 * Q)
         v = (v * amp).reshape(Q, 2, -1).sum(1)
         g = g * (amp * inv).unsqueeze(2)
         g = g.reshape(Q, 2, g.shape[1], g.shape[2]).sum(1)
@@ -242,6 +253,7 @@ class AlphaMSNN(nn.Module):
         n_experts: int = 1,
         gate_on: str = "y",
         alpha0: list[float] | None = None,
+        far_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if len(eps) != len(widths):
@@ -259,6 +271,8 @@ class AlphaMSNN(nn.Module):
         self.gate_on_params = gate_on == "p"
         alpha0 = alpha0 if alpha0 is not None else [0.0] * len(eps)
         self.far = StackedMLP(1, 2 * dim + n_params, far_width, depth, dim)
+        if far_scale > 1.0:
+            self._multiscale_init(far_scale)
         self.levels = nn.ModuleList([
             Level(dim, n_params, e, w, 1, depth, scale_width, a0)
             for e, w, a0 in zip(eps[:-1], widths[:-1], alpha0[:-1])
@@ -269,6 +283,21 @@ class AlphaMSNN(nn.Module):
         self.gate = StackedMLP(1, gate_in, scale_width, depth, 0, n_out=self.n_experts)
         self.active_levels = self.n_levels
         self.mixture = False
+
+    @torch.jit.unused
+    def _multiscale_init(self, scale: float) -> None:
+        """Spread the far field's first-layer weights in ``x`` over scales ``1 .. scale``
+        (log-uniform across neurons), each neuron's transition placed at a random point of
+        the domain: the far field can then represent boundary layers (of width
+        ``1 / scale``) from the start instead of growing its weights ~100-fold by SGD."""
+        with torch.no_grad():
+            w, b = self.far.weights[0], self.far.biases[0]  # (1, n_in, width), (1, 1, width)
+            width = w.shape[2]
+            g = torch.Generator().manual_seed(1234)
+            s = scale ** torch.rand(width, generator=g, dtype=w.dtype)
+            w[0, :self.dim, :] *= s
+            c = torch.rand(self.dim, width, generator=g, dtype=w.dtype)
+            b[0, 0, :] = -(w[0, :self.dim, :] * c).sum(0)
 
     # -- training stages (plain Python; not part of the scripted interface) --------------
     @torch.jit.unused
@@ -308,7 +337,7 @@ class AlphaMSNN(nn.Module):
             if self.mixture:
                 g = g + (self.gate_weights(y, p) * self.finest(x, y, p)).sum(0)
             else:
-                g = g + self.finest(x, y, p)[0]
+                g = g + self.finest(x, y, p, 1)[0]
         return g
 
     @torch.jit.export
@@ -324,11 +353,15 @@ class AlphaMSNN(nn.Module):
                 v, g, h = v + lv[0], g + lg[0], h + lh[0]
             k += 1
         if self.active_levels == self.n_levels:
-            r = self.gate_weights(y, p)
-            lv, lg, lh = self.finest.derivatives(x, y, p)
-            v = v + (r * lv).sum(0)
-            g = g + (r.unsqueeze(2) * lg).sum(0)
-            h = h + (r.unsqueeze(2) * lh).sum(0)
+            if self.mixture:
+                r = self.gate_weights(y, p)
+                lv, lg, lh = self.finest.derivatives(x, y, p)
+                v = v + (r * lv).sum(0)
+                g = g + (r.unsqueeze(2) * lg).sum(0)
+                h = h + (r.unsqueeze(2) * lh).sum(0)
+            else:
+                lv, lg, lh = self.finest.derivatives(x, y, p, 1)
+                v, g, h = v + lv[0], g + lg[0], h + lh[0]
         return v, g, h
 
     @torch.jit.export
@@ -338,8 +371,11 @@ class AlphaMSNN(nn.Module):
         out: list[torch.Tensor] = []
         for level in self.levels:
             out.append(level.exponents(y, p)[0])
-        r = self.gate_weights(y, p)
-        out.append((r.unsqueeze(2) * self.finest.exponents(y, p)).sum(0))
+        if self.mixture:
+            r = self.gate_weights(y, p)
+            out.append((r.unsqueeze(2) * self.finest.exponents(y, p)).sum(0))
+        else:
+            out.append(self.finest.exponents(y, p, 1)[0])
         return torch.stack(out, dim=1)
 
     # -- domain decomposition (plain Python) ---------------------------------------------
