@@ -19,8 +19,9 @@ Firedrake.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from pcshell.lazy import lazy_exports  # no torch: a plain module
 
 __all__ = [
     "Problem",
@@ -65,13 +66,4 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers and IDE
     from .scalar import anisotropic, cdr, diffusion, poisson, screened_poisson
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

@@ -20,8 +20,9 @@ so a torch-free package (``firedrake_problems``) may use them.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 _WHERE = {
     "FLEXIBLE_KSP_TYPES": ".base",
@@ -63,7 +64,45 @@ _WHERE = {
     "SetupNetworkPC": ".setup_network",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "FLEXIBLE_KSP_TYPES",
+    "FallbackRequested",
+    "LoadedModel",
+    "LocalOperator",
+    "ModelFileError",
+    "ModelMetadata",
+    "ModelMismatchError",
+    "ModelPC",
+    "NeuralPCError",
+    "NonFiniteOutputError",
+    "Option",
+    "PCBase",
+    "ResidualNetworkPC",
+    "SetupNetworkPC",
+    "agree",
+    "agreed",
+    "all_true",
+    "atomic_write_bytes",
+    "check_operator",
+    "content_hash",
+    "gather_scipy",
+    "get_coordinates",
+    "is_device_vec",
+    "load_model",
+    "local_block",
+    "local_csr",
+    "log_event",
+    "print_option_help",
+    "pushed_options",
+    "read_options",
+    "register_citation",
+    "save_model",
+    "set_coordinates",
+    "to_scipy",
+    "tristate",
+    "vec_to_tensor",
+    "warn_user",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers
     from .base import FLEXIBLE_KSP_TYPES, ModelPC, PCBase, log_event, register_citation
@@ -71,7 +110,14 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers
     from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
     from .mats import check_operator, gather_scipy, local_block, local_csr, to_scipy
     from .messages import warn_user
-    from .modelfile import LoadedModel, ModelMetadata, atomic_write_bytes, content_hash, load_model, save_model
+    from .modelfile import (
+        LoadedModel,
+        ModelMetadata,
+        atomic_write_bytes,
+        content_hash,
+        load_model,
+        save_model,
+    )
     from .mpi import agree, agreed, all_true
     from .operator import LocalOperator, get_coordinates, set_coordinates
     from .options import Option, print_option_help, pushed_options, read_options, tristate
@@ -79,13 +125,4 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers
     from .setup_network import FallbackRequested, SetupNetworkPC
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

@@ -44,9 +44,9 @@ logger = logging.getLogger("petsc_neural.pcshell")
 
 #: Krylov methods that allow the preconditioner to change from one iteration to the
 #: next (a nonlinear PC is valid only inside these); ``preonly`` applies it once.
-FLEXIBLE_KSP_TYPES = frozenset(
-    {"fgmres", "pipefgmres", "fcg", "pipefcg", "gcr", "pipegcr", "fbcgs", "fbcgsr", "preonly"}
-)
+FLEXIBLE_KSP_ORDER = ("fgmres", "fcg", "gcr", "pipefgmres", "pipefcg", "pipegcr", "fbcgs",
+                      "fbcgsr")
+FLEXIBLE_KSP_TYPES = frozenset(FLEXIBLE_KSP_ORDER + ("preonly",))
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
 
@@ -260,7 +260,8 @@ class ModelPC(PCBase):
 
     def read_options(self, pc: PETSc.PC) -> dict[str, Any]:
         """Read and validate every option; never touches the operator (it may not exist yet)."""
-        out = read_options(self.options_prefix(pc), self.common_options())
+        self._full_prefix = self.options_prefix(pc)
+        out = read_options(self._full_prefix, self.common_options())
         dev = str(out["device"])
         if dev not in ("cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
             raise NeuralPCError(
@@ -291,9 +292,10 @@ class ModelPC(PCBase):
         if device.startswith("cuda") and not torch.cuda.is_available():
             why = ("this torch is a CPU-only build" if torch.version.cuda is None
                    else "no CUDA device is visible")
+            prefix = getattr(self, "_full_prefix", self._prefix)
             raise NeuralPCError(
-                f"-{self._prefix}device {device} was asked for, but CUDA is not available "
-                f"({why}); use -{self._prefix}device cpu"
+                f"-{prefix}device {device} was asked for, but CUDA is not available "
+                f"({why}); use -{prefix}device cpu"
             )
         return torch.device(device)
 
@@ -332,7 +334,7 @@ class ModelPC(PCBase):
         meta, path = self.model.metadata, self.model.path
         if self.opts["dtype"] != "auto" and self.opts["dtype"] != meta.dtype:
             raise ModelMismatchError(
-                f"model {path!r} computes in {meta.dtype}, but -{self._prefix}dtype "
+                f"model {path!r} computes in {meta.dtype}, but -{self.options_prefix(pc)}dtype "
                 f"{self.opts['dtype']} was asked for: drop the option or export the model "
                 f"in {self.opts['dtype']}"
             )
@@ -377,7 +379,8 @@ class ModelPC(PCBase):
         fb.setUp()
         return fb
 
-    def activate_fallback(self, pc: PETSc.PC, reason: str) -> None:
+    def activate_fallback(self, pc: PETSc.PC, reason: str,
+                          until: str = "until the next setup") -> None:
         """Switch to the fallback PC (every rank calls this, with the same reason)."""
         if self.fallback is None:
             self.fallback = self.make_fallback(pc)
@@ -385,7 +388,7 @@ class ModelPC(PCBase):
         if self.fallback_reason is None:
             self.fallback_reason = f"{reason} (at apply {self._applies})"
             self.warn(pc, f"{type(self).__name__}: {reason}; switching to -{self._prefix}"
-                          f"fallback_pc_type {self.fallback.getType()} until the next setup")
+                          f"fallback_pc_type {self.fallback.getType()} {until}")
 
     def warn(self, pc: PETSc.PC, message: str, key: str | None = None) -> None:
         """A warning on stderr (rank 0), once per ``key`` until the next solve."""

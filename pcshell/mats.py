@@ -49,7 +49,7 @@ def local_block(P: PETSc.Mat) -> PETSc.Mat:
         raise NeuralPCError(f"matrix of type {P.getType()!r} has no entries to read")
     block = P.getDiagonalBlock() if P.getComm().getSize() > 1 else P
     if block.getType() not in CSR_TYPES:
-        block = block.convert("seqaij")
+        block = block.convert("seqaij", out=PETSc.Mat())  # a copy: never the caller's Mat
     return block
 
 

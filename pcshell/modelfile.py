@@ -18,12 +18,12 @@ Metadata schema (format version 2)::
       "inputs": ["residual", ...],                 # forward's positional arguments, see below
       "linear": true | false,                      # is forward linear in the residual?
       "training": {...},                           # free-form: configuration, losses, seed
-      "content_hash": "sha256:...",                # of the whole file (content_hash()), checked on load
+      "content_hash": "sha256:...",                # of the whole file, checked on load
       "torch_version": "2.13.0", "created": "2026-...Z"
     }
 
 ``inputs`` names, in order, what ``forward`` receives.  For a network applied
-per Krylov iteration (:class:`pcshell.NeuralPCBase`) the first is always
+per Krylov iteration (:class:`pcshell.ResidualNetworkPC`) the first is always
 ``"residual"`` (a 1-D tensor of the local rows).  The others are taken from the
 operator once at setup: ``"operator"`` (local diagonal block as a sparse CSR
 tensor), ``"diagonal"`` (1-D), ``"coordinates"`` (``(n_nodes, dim)``, or

@@ -1,4 +1,4 @@
-"""PETSc options for python PCs: typed tables, validation, ``-help`` text, defaults pushed and popped.
+"""PETSc options of python PCs: typed tables, validation, ``-help``, defaults pushed/popped.
 
 Every option a petsc-neural PC reads is an :class:`Option` in a table; one
 function reads a table (marking each option used, so ``-options_left`` reports

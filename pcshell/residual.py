@@ -15,8 +15,13 @@ for a network that is nonlinear in the residual:
   KSP is refused with a PETSc error before the first iteration.
 - ``-pc_neural_allow_nonflexible`` lets an expert run it anyway; then a
   true-residual check at the end of every solve turns a convergence the true
-  residual does not confirm into ``KSP_DIVERGED_PC_FAILED`` with a warning
-  (``-pc_neural_check_residual`` forces the check on or off).
+  residual does not confirm into ``KSP_DIVERGED_BREAKDOWN`` (the method's
+  recurrence broke down: its residual estimate no longer describes ``x``)
+  with a warning (``-pc_neural_check_residual`` forces the check on or off).
+  PETSc prints ``-ksp_converged_reason`` before a PC's post-solve hook, so
+  that line still shows the method's own verdict; the warning follows it, and
+  ``KSPGetConvergedReason`` and ``-ksp_error_if_not_converged`` see the
+  corrected reason.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import torch
 from petsc4py import PETSc
 
-from .base import FLEXIBLE_KSP_TYPES, ModelPC, log_event
+from .base import FLEXIBLE_KSP_ORDER, FLEXIBLE_KSP_TYPES, ModelPC, log_event
 from .bridge import is_device_vec, vec_to_tensor
 from .errors import ModelFileError, ModelMismatchError, NeuralPCError, NonFiniteOutputError
 from .modelfile import INPUT_NAMES
@@ -196,7 +201,7 @@ class ResidualNetworkPC(ModelPC):
         raise NeuralPCError(
             f"{name} is nonlinear in the residual, so -ksp_type {ksp_type} (which assumes a "
             "fixed linear preconditioner) can report convergence for a wrong solution: use a "
-            f"flexible method ({', '.join(sorted(FLEXIBLE_KSP_TYPES - {'preonly'}))}), or "
+            f"flexible method ({', '.join(FLEXIBLE_KSP_ORDER)}), or "
             f"-{prefix}allow_nonflexible to run it anyway with a true-residual check"
         )
 
@@ -209,8 +214,8 @@ class ResidualNetworkPC(ModelPC):
     def preSolve(self, pc: PETSc.PC, ksp: PETSc.KSP, b: PETSc.Vec, x: PETSc.Vec) -> None:  # noqa: N802
         """Called by KSPSolve before the first iteration: the one place a PC sees its KSP."""
         ksp_type = ksp.getType()
+        self._warned.clear()  # warnings are given once per solve
         self.check_ksp(pc, ksp_type)
-        self._warned.discard("stagnation")
         self._fallback_this_solve = False
         self._history = []
         # The KSP is held only for the duration of the solve (postSolve drops it):
@@ -245,14 +250,14 @@ class ResidualNetworkPC(ModelPC):
         tol = self.opts.get("residual_factor", 10.0) * max(rtol * self._r0, atol)
         if true > tol:
             reason = ksp.getConvergedReason()
-            ksp.setConvergedReason(PETSc.KSP.ConvergedReason.DIVERGED_PC_FAILED)
+            ksp.setConvergedReason(PETSc.KSP.ConvergedReason.DIVERGED_BREAKDOWN)
             rel = true / self._r0 if self._r0 > 0 else true
             self.warn(pc, f"{type(self).__name__}: -ksp_type {ksp.getType()} reported "
                           f"convergence (reason {reason}) at iteration "
                           f"{ksp.getIterationNumber()}, but the true residual ||b - Ax|| / "
                           f"||r0|| = {rel:.3g} exceeds {self.opts.get('residual_factor')} x "
                           f"rtol {rtol:g}: the nonlinear preconditioner invalidated the "
-                          "method's residual estimate; reason set to KSP_DIVERGED_PC_FAILED "
+                          "method's residual estimate; reason set to KSP_DIVERGED_BREAKDOWN "
                           "(use -ksp_type fgmres)", key="false-convergence")
 
     def _stagnating(self) -> bool:
@@ -275,7 +280,8 @@ class ResidualNetworkPC(ModelPC):
                 self._fallback_this_solve = True
                 self.activate_fallback(pc, f"the residual fell by less than "
                                            f"{self.opts['stagnation_factor']} over "
-                                           f"{self.opts['stagnation']} iterations")
+                                           f"{self.opts['stagnation']} iterations",
+                                       until="for the rest of this solve")
             if self.fallback_reason is not None:
                 self.fallback.apply(x, y)
                 return
@@ -370,23 +376,27 @@ class ResidualNetworkPC(ModelPC):
         batch = getattr(self.model.module, "forward_batch", None)
         if batch is None or self.fallback_reason is not None or self._cuda:
             for j in range(X.getSize()[1]):
-                xj, yj = X.getColumnVector(j), Y.getColumnVector(j)
+                xj = X.getDenseColumnVec(j, "r")
+                yj = Y.getDenseColumnVec(j, "w")
                 self.apply(pc, xj, yj)
-                X.restoreColumnVector(j, xj)
-                Y.restoreColumnVector(j, yj)
+                X.restoreDenseColumnVec(j, "r", xj)
+                Y.restoreDenseColumnVec(j, "w", yj)
             return
         with log_event("PCNeuralApply"):
             self._applies += 1
-            R = torch.from_numpy(X.getDenseArray(readonly=True)).to(self.dtype)
+            R = torch.from_numpy(X.getDenseArray(readonly=True).copy()).to(self.dtype)
             scale = torch.ones(R.shape[1], dtype=self.dtype)
+            zero = torch.zeros(R.shape[1], dtype=torch.bool)
             if self._scale:
-                scale = torch.linalg.vector_norm(R, dim=0)
-                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                norms = torch.linalg.vector_norm(R, dim=0)
+                zero = norms == 0  # zero in, zero out, as in apply
+                scale = torch.where(zero, torch.ones_like(norms), norms)
             Z, error = None, None
             if R.shape[0]:
                 try:
                     with log_event("PCNeuralInfer"), torch.inference_mode():
                         Z = batch(R / scale, *self._static) * scale
+                        Z[:, zero] = 0.0
                 except Exception as exc:  # noqa: BLE001
                     error = exc
             ok = error is None and (Z is None or bool(torch.isfinite(Z).all()))

@@ -15,25 +15,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pcshell.lazy import lazy_exports
+
 from ._version import __version__
 from .registry import METHODS, pc_classes
 
 __all__ = ["__version__", "METHODS", *pc_classes()]
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .neuralsp.pc import NeuraLSP
-    from .npo.pc import NPO
-    from .torchscript_pc import TorchScriptPC
+if TYPE_CHECKING:  # pragma: no cover - the classes the registry names, for type checkers
+    from .neuralsp.pc import NeuraLSP  # noqa: F401
+    from .npo.pc import NPO  # noqa: F401
+    from .torchscript_pc import TorchScriptPC  # noqa: F401
 
 
-def __getattr__(name: str):
-    method = pc_classes().get(name)
-    if method is not None:
-        value = METHODS[method].load_pc_class()
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(
+    __name__, {spec.class_name: spec.pc.split(":")[0] for spec in METHODS.values()}, globals())

@@ -50,10 +50,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from petsc4py import PETSc  # noqa: E402
 
 from firedrake_problems import make_problem  # noqa: E402
-from petsc_neural.neuralsp.loss import captured_energy  # noqa: E402
 from pcshell import to_scipy  # noqa: E402
 from petsc_neural.bench.baselines import GAMG_TUNING_GRID, best_gamg  # noqa: E402
 from petsc_neural.coarse import smoothed_vectors, svd_basis, two_level_mg  # noqa: E402
+from petsc_neural.neuralsp.loss import captured_energy  # noqa: E402
 from petsc_neural.neuralsp.train import TrainConfig, export, make_matrices, train  # noqa: E402
 
 FAMILIES = ("diffusion", "anisotropic", "screened_poisson")

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Open MPI refuses root unless told; 2 ranks on 2 cores need oversubscription.
 # (The Makefile exports these too; set here for a bare `pytest` run.)
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -35,3 +37,19 @@ def _scrub_singleton_mpi_env() -> None:
 
 
 _scrub_singleton_mpi_env()
+
+
+#: Options prefixes the tests use for their KSPs; cleared after every test.
+TEST_PREFIXES = ("t_", "r_", "s_")
+
+
+@pytest.fixture(autouse=True)
+def clean_options():
+    """Each test ends with no test-prefixed options left in PETSc's database."""
+    yield
+    from petsc4py import PETSc
+
+    opts = PETSc.Options()
+    for key in list(opts.getAll()):
+        if key.startswith(TEST_PREFIXES):
+            opts.delValue(key)

@@ -266,7 +266,7 @@ def _mpi_max():
 
 
 def tune_gamg(problem, kopts: Mapping[str, Any], repeat: int) -> tuple[dict[str, Any], dict]:
-    """The fastest setting of :data:`~petsc_neural.bench.baselines.GAMG_TUNING_GRID` (total time)."""
+    """The fastest setting of :data:`~.baselines.GAMG_TUNING_GRID` (by total time)."""
     results: dict[str, dict] = {}
 
     def evaluate(opts: dict[str, Any]) -> float | None:

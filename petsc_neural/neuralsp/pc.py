@@ -130,6 +130,7 @@ from ..coarse import (
     two_level_mg,
 )
 from ..coarse.aggregation import MAX_AGGREGATE
+from ..registry import get_method
 
 __all__ = ["NeuraLSP", "GLOBAL_INPUTS", "LOCAL_INPUTS", "CITATION"]
 
@@ -164,7 +165,7 @@ class NeuraLSP(SetupNetworkPC):
 
     method = "neuralsp"
     title = "NeuraLSP learned coarse space (seed 001)"
-    method_prefix = "pc_neuralsp_"
+    method_prefix = get_method("neuralsp").prefix
     inner_prefix = "neuralsp_"
     citation = CITATION
 
@@ -270,7 +271,7 @@ class NeuraLSP(SetupNetworkPC):
         if Pmat.getType() not in _AIJ:
             # BAIJ/SBAIJ/dense: PETSc's MatMatMult and PtAP below need AIJ.
             self.converted = f"{Pmat.getType()} -> aij"
-            Pmat = Pmat.convert("aij")
+            Pmat = Pmat.convert("aij", out=PETSc.Mat())  # a copy: the user's Mat stays
             self.inner_objects.append(Pmat)
             A = Pmat if same else A
         comm = Pmat.getComm()

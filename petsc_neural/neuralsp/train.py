@@ -31,10 +31,10 @@ from petsc4py import PETSc
 
 from pcshell import ModelMetadata, save_model, to_scipy
 
-from .loss import nlss_loss, subspace_loss
-from .network import LocalSubspaceNet, NeuraLSPMLP, count_parameters
 from ..coarse import aggregate, pad_aggregates, project_out_constant, smoothed_vectors
 from ..training.loop import LoopConfig, run_training
+from .loss import nlss_loss, subspace_loss
+from .network import LocalSubspaceNet, NeuraLSPMLP, count_parameters
 from .pc import GLOBAL_INPUTS, LOCAL_INPUTS
 
 __all__ = [

@@ -66,7 +66,7 @@ class NPO(ResidualNetworkPC):
 
     method = "npo"
     title = "NPO neural AMG (seed 000)"
-    method_prefix = "pc_npo_"
+    method_prefix = get_method("npo").prefix
     citation = CITATION
 
     def method_options(self) -> list[Option]:

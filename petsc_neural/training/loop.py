@@ -123,7 +123,7 @@ def _plain(obj: Any) -> Any:
 
 
 def save_checkpoint(path: str, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save``, atomically (the old file stays until the new is whole)."""
+    """Write ``payload`` with ``torch.save``, atomically (the old file stays until then)."""
     buf = io.BytesIO()
     torch.save(dict(payload), buf)
     atomic_write_bytes(path, buf.getvalue())

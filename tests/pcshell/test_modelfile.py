@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from pcshell_helpers import Jacobi, TiedMLP, save
+from pcshell_helpers import Jacobi, TiedMLP, rewrite_record, save
 
 from pcshell import ModelFileError, ModelMetadata, ModelMismatchError, load_model, save_model
 from pcshell import modelfile as mf
@@ -45,14 +45,11 @@ def test_torchscript_without_metadata(tmp_path):
         load_model(path)
 
 
-def test_modified_parameters_fail_the_hash(tmp_path, monkeypatch):
+def test_modified_parameters_fail_the_hash(tmp_path):
     path = tmp_path / "m.pt"
-    # Save with a hash computed for other weights: what an edited file looks like.
-    real = mf.content_hash
-    other = torch.jit.script(TiedMLP(4))
-    monkeypatch.setattr(mf, "content_hash", lambda m: real(other))
-    save_model(TiedMLP(4), path, ModelMetadata(inputs=["residual"]))
-    monkeypatch.setattr(mf, "content_hash", real)
+    save(TiedMLP(4), path, inputs=["residual"])
+    # Flip one byte of the first tensor's data: what an edited file looks like.
+    rewrite_record(path, "data/0", lambda b: bytes([b[0] ^ 1]) + b[1:])
     with pytest.raises(ModelFileError, match="fails its content hash"):
         load_model(path)
 

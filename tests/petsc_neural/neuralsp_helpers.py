@@ -66,3 +66,10 @@ def two_level_cycle(
     for _ in range(nu):
         x = x + omega * (r - A @ x) / d
     return x
+
+
+def grid_matrix(n: int, local_rows: int | None = None, comm=PETSc.COMM_WORLD) -> PETSc.Mat:
+    """5-point Laplacian on an n x n grid with a constant diagonal, ``local_rows`` per rank."""
+    from grid_matrices import laplacian
+
+    return laplacian(n, comm, local_rows, varying=False)

@@ -9,8 +9,6 @@ from neuralsp_helpers import NEURALSP, pc_matrix, problem, scipy_matrix, solve, 
 from petsc4py import PETSc
 
 from pcshell import ModelMismatchError, NeuralPCError, to_scipy
-from petsc_neural.neuralsp.loss import captured_energy, nlss_loss, subspace_loss
-from petsc_neural.neuralsp.network import LocalSubspaceNet, NeuraLSPMLP
 from petsc_neural.coarse import (
     aggregate,
     coordinate_start_vectors,
@@ -18,6 +16,8 @@ from petsc_neural.coarse import (
     start_vectors,
     svd_basis,
 )
+from petsc_neural.neuralsp.loss import captured_energy, nlss_loss, subspace_loss
+from petsc_neural.neuralsp.network import LocalSubspaceNet, NeuraLSPMLP
 from petsc_neural.neuralsp.train import TrainConfig, export, train
 
 
@@ -60,21 +60,41 @@ def test_nlss_loss_is_minimised_by_numpy_svd_leading_vectors():
 
 
 def test_minimising_nlss_recovers_singular_vectors_in_order():
-    """Gradient descent on the Stiefel manifold (QR parametrisation) finds U_k up to signs."""
+    """Minimising NLSS over the Stiefel manifold (QR parametrisation) finds U_k up to signs.
+
+    Adam brings X near the minimiser; L-BFGS with a strong-Wolfe line search
+    then converges to it to round-off.  (Adam alone, at a fixed step, hovers
+    around the minimum at a distance that depends on the CPU's LAPACK: 0.9998
+    instead of 1 on one machine, so the test did not hold on every CPU.)
+    """
     k = 4
     S = torch.from_numpy(_matrix_with_spectrum(n=20, K=10, seed=3))
     torch.manual_seed(0)
     X = torch.randn(20, k, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([X], lr=0.02)
-    for _ in range(1500):
-        Q, _ = torch.linalg.qr(X)
-        loss = nlss_loss(Q, S)
+    for _ in range(400):
+        loss = nlss_loss(torch.linalg.qr(X)[0], S)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    lbfgs = torch.optim.LBFGS([X], lr=1.0, max_iter=1000, tolerance_grad=1e-14,
+                              tolerance_change=1e-18, history_size=20,
+                              line_search_fn="strong_wolfe")
+
+    def closure():
+        lbfgs.zero_grad()
+        value = nlss_loss(torch.linalg.qr(X)[0], S)
+        value.backward()
+        return value
+
+    lbfgs.step(closure)
     Q = torch.linalg.qr(X)[0].detach().numpy()
     U = np.linalg.svd(S.numpy())[0][:, :k]
     np.testing.assert_allclose(np.abs(np.sum(Q * U, axis=0)), 1.0, atol=1e-6)
+    # and the loss is the closed-form minimum (the energy outside the leading l vectors)
+    sig2 = np.linalg.svd(S.numpy(), compute_uv=False) ** 2
+    expected = np.mean([1 - sig2[: j + 1].sum() / sig2.sum() for j in range(k)])
+    assert float(nlss_loss(torch.from_numpy(Q), S)) == pytest.approx(expected, rel=1e-9)
 
 
 def test_captured_energy_is_cumulative_and_reaches_one_at_full_rank():
@@ -177,7 +197,7 @@ def test_pcmg_from_exact_svd_matches_handwritten_two_level_cycle():
     p = problem("diffusion", 8, seed=2)
     _, ksp = solve(p, pc_neuralsp_basis="svd", pc_neuralsp_rank=10, pc_neuralsp_vectors=16)
     ctx = ksp.getPC().getPythonContext()
-    assert ctx.coarse_size == 10 and ctx.mg.getType() == "mg"
+    assert ctx.coarse_size == 10 and ctx.inner.getType() == "mg"
     A = scipy_matrix(p.A)
     S = smoothed_vectors(p.A, 16, 10, 0.66, seed=0, coordinates=p.coordinates)
     U = np.linalg.svd(S, full_matrices=False)[0][:, :10]
@@ -295,7 +315,7 @@ def test_option_errors_name_the_problem():
     opts = PETSc.Options()
     opts["t_nsp_pc_neuralsp_basis"] = "eigen"
     try:
-        with pytest.raises(NeuralPCError, match="basis must be model, svd or local_svd"):
+        with pytest.raises(NeuralPCError, match="basis must be one of model, svd, local_svd"):
             NeuraLSP().read_options(pc)
     finally:
         opts.delValue("t_nsp_pc_neuralsp_basis")

@@ -144,5 +144,5 @@ def test_train_npo_cli_writes_a_model_and_resumes(tmp_path):
     ckpt = torch.load(tmp_path / "m.ckpt", weights_only=False)
     assert ckpt["step"] == 4 and len(ckpt["history"]) == 4
     # A checkpoint of another configuration is refused, not silently mixed in.
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match="another training configuration"):
         main(base + ["--steps", "6", "--resume"])

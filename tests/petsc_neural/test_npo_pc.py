@@ -37,7 +37,7 @@ def test_npo_reduces_fgmres_iterations_on_an_unseen_problem(model):
     assert type(pc).__name__ == "NPO" and pc.op.coordinates is not None
 
 
-def test_npo_is_refused_under_cg_and_allowed_with_the_option(model):
+def test_npo_is_refused_under_cg_and_allowed_with_the_override(model):
     p = _problem()
     with pytest.raises(PETSc.Error) as info:
         p.solve(npo_params(model, ksp_type="cg"))
@@ -45,7 +45,7 @@ def test_npo_is_refused_under_cg_and_allowed_with_the_option(model):
     assert isinstance(cause, NeuralPCError)
     assert "nonlinear in the residual" in str(cause) and "fgmres" in str(cause)
     params = npo_params(model, ksp_type="cg")
-    params["pc_neural_allow_nonlinear_cg"] = True
+    params["pc_neural_allow_nonflexible"] = True
     _, ksp = p.solve(params)  # runs (the user asked for it); converges on this SPD problem
     assert ksp.getIterationNumber() > 0
 
