@@ -26,9 +26,10 @@ on random entries.  Only the pieces the preconditioner needs are here.
   small core); a block that needs no more evaluations whole than its
   skeleton does is evaluated whole and truncated by SVD.  The blocks of one
   pair of tree levels are padded to common sizes and processed together
-  (batched QR/SVD; no Python loop per block).  Rank rule (§5.3): ``k = k_base`` for blocks no larger than
-  the leaf size, ``k_base log(n_b) / log(n_leaf)`` above it (``n_b`` the
-  smaller block dimension).
+  (batched QR/SVD; no Python loop per block).  Rank rule (§5.3): ``k = k_base``
+  for blocks no larger than the leaf size, ``k_base log(n_b) / log(n_leaf)``
+  above it (``n_b`` the smaller block dimension; 2D only, the 1D experiments
+  keep rank ``k_base``).
 - The apply (:meth:`HMatrix.matvec`) is O(n log n) and batched: per pair of
   tree levels, the dense leaves form one padded ``(n_blocks, m, n)`` tensor and
   the low-rank blocks one padded set of factors; each group is a gather, one

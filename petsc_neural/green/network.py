@@ -80,7 +80,7 @@ class StackedMLP(nn.Module):
         dims = [n_in] + [width] * depth + [n_out]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             bound = 1.0 / math.sqrt(a)
             last = i == len(dims) - 2
             w = torch.empty(n_mlps, a, b).uniform_(-bound, bound)  # stored transposed
@@ -101,7 +101,7 @@ class StackedMLP(nn.Module):
         h = z
         i = 0
         last = self.n_layers - 1
-        for w_all, b_all in zip(self.weights, self.biases):
+        for w_all, b_all in zip(self.weights, self.biases):  # noqa: B905 (TorchScript)
             w = w_all if first < 0 else w_all[:first]
             b = b_all if first < 0 else b_all[:first]
             if i == 0:  # 2u = 2 (z W + b)
@@ -131,7 +131,7 @@ class StackedMLP(nn.Module):
         hz: list[torch.Tensor] = []
         chans: list[torch.Tensor] = []
         i = 1
-        for w_all, b_all in zip(self.weights, self.biases):
+        for w_all, b_all in zip(self.weights, self.biases):  # noqa: B905 (TorchScript)
             w = w_all if first < 0 else w_all[:first]
             b = b_all if first < 0 else b_all[:first]
             if i > 1:
@@ -275,7 +275,7 @@ class AlphaMSNN(nn.Module):
             self._multiscale_init(far_scale)
         self.levels = nn.ModuleList([
             Level(dim, n_params, e, w, 1, depth, scale_width, a0)
-            for e, w, a0 in zip(eps[:-1], widths[:-1], alpha0[:-1])
+            for e, w, a0 in zip(eps[:-1], widths[:-1], alpha0[:-1], strict=True)
         ])
         self.finest = Level(dim, n_params, eps[-1], widths[-1], self.n_experts, depth,
                             scale_width, alpha0[-1])
@@ -326,7 +326,8 @@ class AlphaMSNN(nn.Module):
         return self.gate(s.unsqueeze(0))[0]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """``G(x_b, y_b, p_b)`` for a batch of pairs: ``x, y`` ``(B, dim)``, ``p`` ``(B, n_params)``."""
+        """``G(x_b, y_b, p_b)`` for a batch of pairs: ``x, y`` ``(B, dim)``, ``p``
+        ``(B, n_params)``."""
         g = self.far(torch.cat([x, y, p], dim=1).unsqueeze(0))[0, :, 0]
         k = 0
         for level in self.levels:

@@ -46,7 +46,8 @@ Options (prefix ``-[pc prefix]pc_green_``), besides the common
     ``M^-1 = W G``: ``auto`` is ``h^d`` on a uniform grid (the paper's
     discretisation) and ``fit`` otherwise; ``fit`` is the least-squares
     scalar for ``A M^-1 v = v`` on a random ``v``.
-``-pc_green_tau_loc t`` / ``-pc_green_radius r`` / ``-pc_green_sparse_p p`` / ``-pc_green_decay_rows s``
+``-pc_green_tau_loc t`` / ``-pc_green_radius r`` / ``-pc_green_sparse_p p`` /
+``-pc_green_decay_rows s``
     Decay test threshold (default 1e-2), radius in units of the mesh size
     (default 4), entries kept per row (default 0: all within the radius), rows
     sampled by the test (default 32).
@@ -54,7 +55,8 @@ Options (prefix ``-[pc prefix]pc_green_``), besides the common
     H-matrix leaf size, admissibility and base rank (0: the paper's rules: 1D
     leaf ``min(sqrt(N), 128)``, ``eta = 1``, rank 1; 2D leaf 64 (128 above
     64^2 points), ``eta = 0.7``, rank 10 (20 above 64^2 points)).
-``-pc_green_tau t`` / ``-pc_green_check_samples s`` / ``-pc_green_max_memory MB`` / ``-pc_green_max_refine m``
+``-pc_green_tau t`` / ``-pc_green_check_samples s`` / ``-pc_green_max_memory MB`` /
+``-pc_green_max_refine m``
     A posteriori check: mean relative error on ``s`` random entries of the
     admissible blocks (default 1000) must be at most ``tau`` (default 0.05);
     otherwise the base rank doubles (at most ``m`` times, default 2) while the
@@ -285,7 +287,7 @@ class GreenInverse(SetupNetworkPC):
         A, P = pc.getOperators()
         comm = P.getComm()
         mpi = comm.tompi4py()
-        size, rank = comm.getSize(), comm.getRank()
+        size = comm.getSize()
         self.info, self.timings, self._kernel_pairs = {}, {}, 0
         t_start = time.perf_counter()
         meta = self.model.metadata
@@ -312,14 +314,17 @@ class GreenInverse(SetupNetworkPC):
             raise ModelMismatchError(
                 f"model {self.model.path!r} was trained on the unit {domain}; the nodes span "
                 f"{lo_c.tolist()} to {hi_c.tolist()}")
-        # Dirichlet rows (a lone diagonal entry): 1 / a_ii, not the kernel
+        # Dirichlet rows (no nonzero off the diagonal; Firedrake keeps explicit zeros in
+        # the pattern): 1 / a_ii, not the kernel
         r0, _ = P.getOwnershipRange()
         indptr, indices, values = P.getValuesCSR()
-        nnz = np.diff(indptr)
-        lone = np.nonzero((nnz == 1) & (indices[indptr[:-1].clip(max=len(indices) - 1)]
-                                        == np.arange(r0, r0 + n_local)))[0] if n_local else \
-            np.zeros(0, int)
-        diag_vals = values[indptr[lone]] if len(lone) else np.zeros(0)
+        row = np.repeat(np.arange(n_local), np.diff(indptr))
+        off = (indices != row + r0) & (values != 0)
+        diag = np.zeros(n_local)
+        on = indices == row + r0
+        diag[row[on]] = values[on]
+        lone = np.nonzero((np.bincount(row[off], minlength=n_local) == 0) & (diag != 0))[0]
+        diag_vals = diag[lone]
         # gather every node (global order) on every rank: the kernel is global
         parts = mpi.allgather((coords, np.isin(np.arange(n_local), lone))) if size > 1 else \
             [(coords, np.isin(np.arange(n_local), lone))]

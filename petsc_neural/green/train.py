@@ -331,7 +331,7 @@ def pretrain_gate(net: AlphaMSNN, problem: GreenProblem, steps: int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _stage_bounds(c: TrainConfig) -> list[int]:
