@@ -113,7 +113,10 @@ def _cmd_show(args) -> int:
     problem = make_problem(args.family, size, args.seed, **params)
     x, ksp, seconds, kind = _solve_baseline(problem)
     out = args.out or f"{args.family}.png"
-    plot_problem(problem, x, out)
+    if hasattr(problem, "dm"):  # a finite-difference (DMDA) family: no mesh to draw
+        problem.plot(x, out)
+    else:
+        plot_problem(problem, x, out)
     md = problem.metadata
     sys.stdout.write(
         f"{args.family}: {md['dofs']} dofs, {md['nnz']} nnz, assembly {md['assembly_time']:.3f}s, "

@@ -351,6 +351,28 @@ class FDProblem(SolveMixin):
     def N(self) -> int:
         return int(self.metadata["size"])
 
+    def plot(self, x: PETSc.Vec, out: str) -> str:
+        """PNG of the solution (serial): a curve in 1D, an image in 2D."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        u = x.getArray(readonly=True)
+        N, d = self.N, self.operator.dim
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        if d == 1:
+            ax.plot(self.coordinates[:, 0], u)
+            ax.set_xlabel("x")
+        else:
+            im = ax.imshow(u.reshape(N, N), origin="lower", extent=(0, 1, 0, 1))
+            fig.colorbar(im, ax=ax)
+        ax.set_title(f"{self.family} {self.metadata['parameters']}, N = {N}", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
     def error(self, x: PETSc.Vec) -> float:
         """Max-norm error of ``x`` against the manufactured solution (all ranks)."""
         if self.exact is None:
@@ -435,6 +457,10 @@ def _assemble(op: CDROperator, family: str, N: int, seed: int, comm, rhs: str,
         "h": h,
         "operator": op.name,
         "assembly_time": seconds,
+        # for baseline solvers (CG only where symmetric and definite): the negative
+        # reactions of these families make them indefinite or nearly so
+        "symmetric": op.convection is None,
+        "definite": op.reaction is None,
     }
     log.info("%s N=%d: %d dofs, %d nnz, %.3fs", family, N, md["dofs"], md["nnz"], seconds)
     return FDProblem(family=family, A=A, b=b, coordinates=coords, dm=da, operator=op,
