@@ -333,12 +333,17 @@ def storage_lines(rows: dict) -> list[str]:
     return out
 
 
-def plot_its(store: dict, label: str, keys: list[str], fname: str, title: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_its(store: dict, label: str, keys: list[str], fname: str, title: str) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2))
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
         rows = store.get(label, {}).get(key, {})
@@ -375,11 +380,7 @@ def plot_its(store: dict, label: str, keys: list[str], fname: str, title: str) -
 
 
 def plot_fig11(store: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     data = store.get("fig11", {})
     if not data:
         return
@@ -399,11 +400,7 @@ def plot_fig11(store: dict) -> None:
 
 
 def plot_fig14(store: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     data = store.get("fig14", {})
     if not data:
         return
@@ -430,11 +427,7 @@ def plot_fig14(store: dict) -> None:
 
 
 def plot_exponents(store: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     data = store.get("exponents", {})
     if not data:
         return

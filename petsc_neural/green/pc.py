@@ -63,7 +63,7 @@ Options (prefix ``-[pc prefix]pc_green_``), besides the common
     H-matrix stays within ``MB`` megabytes (default 4096; also the limit of
     ``dense``).
 ``-pc_green_batch b``
-    Pairs per network call (default 65536).
+    Pairs per network call (default 16384).
 
 The inner PC (PCMAT) has the prefix ``-[pc prefix]green_``.
 """
@@ -210,7 +210,7 @@ class GreenInverse(SetupNetworkPC):
             Option("max_memory", 4096.0, "memory budget of the H-matrix / dense matrix (MB)",
                    low=0.0, open_low=True),
             Option("max_refine", 2, "rank doublings allowed by the a posteriori check", low=0),
-            Option("batch", 65536, "pairs per network call", low=1),
+            Option("batch", 16384, "pairs per network call", low=1),
             Option("seed", 0, "seed of the sampled rows, entries and the fit vector"),
         ]
 
