@@ -93,8 +93,8 @@ class StackedMLP(nn.Module):
         self.n_layers = len(dims) - 1
         self.pairs: list[tuple[int, int]] = hessian_pairs(nd) if nd > 0 else []
 
-    def forward(self, z: torch.Tensor, first: int = -1) -> torch.Tensor:
-        """``first > 0``: only the first ``first`` MLPs (``z`` has that many rows)."""
+    def forward(self, z: torch.Tensor, first: int = -1, start: int = 0) -> torch.Tensor:
+        """``first > 0``: only MLPs ``start .. start + first - 1`` (``z`` has that many rows)."""
         # tanh(u) = 2 sigmoid(2u) - 1, with the factors folded into the weights: with
         # h = sigmoid(2u) the next pre-activation is 2 W h + (b - W 1).  One elementwise
         # pass per layer instead of four (evaluation cost is what bounds the setup).
@@ -102,8 +102,8 @@ class StackedMLP(nn.Module):
         i = 0
         last = self.n_layers - 1
         for w_all, b_all in zip(self.weights, self.biases):  # noqa: B905 (TorchScript)
-            w = w_all if first < 0 else w_all[:first]
-            b = b_all if first < 0 else b_all[:first]
+            w = w_all if first < 0 else w_all[start:start + first]
+            b = b_all if first < 0 else b_all[start:start + first]
             if i == 0:  # 2u = 2 (z W + b)
                 h = torch.sigmoid(torch.baddbmm(b, h, w, beta=2.0, alpha=2.0))
             else:  # u = (2h - 1) W + b = 2 h W + (b - 1 W)
@@ -206,6 +206,21 @@ class Level(nn.Module):
         d = (x - y).unsqueeze(0) * inv.unsqueeze(2)  # (2Q, B, dim)
         yp = torch.cat([y, p], dim=1).unsqueeze(0).expand(2 * Q, B, y.shape[1] + p.shape[1])
         return torch.cat([d, yp], dim=2), amp, inv
+
+    def expert(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor, m: int) -> torch.Tensor:
+        """Expert ``m``'s value ``(B,)`` alone."""
+        yp = torch.cat([y, p], dim=1)
+        s = self.scales(yp.unsqueeze(0), 1, m)[0]
+        a1 = self.alpha0[m] + s[:, 0]
+        b1 = 1.0 + 0.25 * torch.tanh(s[:, 1])
+        a2 = a1 + F.softplus(s[:, 2] + self.gap0)
+        b2 = b1 * torch.sigmoid(s[:, 3] + self.ratio0)
+        le = self.log_eps
+        d = x - y
+        z = torch.stack([torch.cat([d * torch.exp(-b1 * le).unsqueeze(1), yp], dim=1),
+                         torch.cat([d * torch.exp(-b2 * le).unsqueeze(1), yp], dim=1)])
+        f = self.branches(z, 2, 2 * m).squeeze(2)
+        return torch.exp(a1 * le) * f[0] + torch.exp(a2 * le) * f[1]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor, n: int = -1
                 ) -> torch.Tensor:
@@ -336,7 +351,17 @@ class AlphaMSNN(nn.Module):
             k += 1
         if self.active_levels == self.n_levels:
             if self.mixture:
-                g = g + (self.gate_weights(y, p) * self.finest(x, y, p)).sum(0)
+                r = self.gate_weights(y, p)
+                if self.gate_on_params:
+                    # one parameter value per preconditioner: experts whose weight is below
+                    # 1e-7 everywhere in the batch are skipped (the sum moves by less than
+                    # 1e-7 of an expert's value; a 9-expert model mostly runs 2 or 3)
+                    wmax = r.max(1).values
+                    for m in range(self.n_experts):
+                        if bool(wmax[m] >= 1e-7):
+                            g = g + r[m] * self.finest.expert(x, y, p, m)
+                else:
+                    g = g + (r * self.finest(x, y, p)).sum(0)
             else:
                 g = g + self.finest(x, y, p, 1)[0]
         return g
