@@ -556,8 +556,10 @@ class GreenInverse(SetupNetworkPC):
     def _fit_weight(self, A: PETSc.Mat, M: PETSc.Mat, local_interior: np.ndarray) -> float:
         """Least-squares ``w`` in ``A (w M v) ~ v`` on the kernel rows, random ``v``."""
         v = A.createVecRight()
-        rng = np.random.default_rng(self.opts["seed"] + 2 + A.getComm().getRank())
-        v.setArray(rng.standard_normal(v.getLocalSize()))
+        lo, hi = v.getOwnershipRange()
+        # drawn in the global numbering: the same w on any number of ranks
+        full = np.random.default_rng(self.opts["seed"] + 2).standard_normal(v.getSize())
+        v.setArray(full[lo:hi])
         z, az = v.duplicate(), v.duplicate()
         M.mult(v, z)
         A.mult(z, az)
