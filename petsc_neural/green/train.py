@@ -435,7 +435,7 @@ def train(
                       max_steps=max_steps)
     result = run_training(net, opt, step, loop, scheduler=sched, identity=asdict(c),
                           extra={"balancer": balancer})
-    done = result.resumed_from + result.steps_done
+    done = len(result.history)  # the history holds every step, resumed ones included
     k_done = stage_of(min(done, steps) - 1) if done else 0
     net.set_stage(M if done >= bounds[M - 1] else k_done + 1, done > bounds[M - 1])
     net.eval()
