@@ -206,7 +206,7 @@ def test_old_format_is_refused_with_a_reason():
 _SCRIPT = textwrap.dedent("""
     import sys, torch
     from petsc4py import PETSc
-    sys.path.insert(0, {helpers!r})
+    sys.path[:0] = [{helpers!r}, {helpers!r} + '/..']
     from pcshell_helpers import laplacian, neural_ksp, rhs, save
     class Cubic(torch.nn.Module):
         def forward(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -314,7 +314,7 @@ def test_help_lists_every_option(tmp_path, jacobi_model):
     helpers = os.path.dirname(os.path.abspath(__file__))
     script.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {helpers!r})
+        sys.path[:0] = [{helpers!r}, {helpers!r} + '/..']
         import petsc4py
         petsc4py.init(["-help"])
         from pcshell_helpers import laplacian, neural_ksp
