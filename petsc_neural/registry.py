@@ -122,6 +122,18 @@ METHODS: dict[str, MethodSpec] = {
             models={"mixed_3d1d": "krylov_unet_mixed3d1d.pt"},
             default_model="mixed_3d1d",
         ),
+        MethodSpec(
+            name="green",
+            title="GreenInverse: learned Green's function as a sparse / H-matrix approximate "
+                  "inverse",
+            seed="003",
+            pc="petsc_neural.green.pc:GreenInverse",
+            prefix="pc_green_",
+            trainer="petsc_neural.green.train",
+            models={"convection1d": "green_convection1d.pt", "reaction1d": "green_reaction1d.pt",
+                    "convection2d": "green_convection2d.pt", "reaction2d": "green_reaction2d.pt",
+                    "rotated": "green_rotated.pt"},
+        ),
     )
 }
 
