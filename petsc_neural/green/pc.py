@@ -37,7 +37,9 @@ Options (prefix ``-[pc prefix]pc_green_``), besides the common
 ``dtype``, ``on_failure``, ``fallback_pc_type``, ...):
 
 ``-pc_green_problem convection1d|reaction1d|convection2d|reaction2d|rotated``
-    The shipped model to use when ``-pc_neural_model`` is not given.
+    The shipped model to use when ``-pc_neural_model`` is not given (shipped:
+    the problems in ``METHODS["green"].models``; any other gives an error naming
+    the ``petsc-neural train green`` command that trains it).
 ``-pc_green_theta T``
     The rotation angle for a parametric (rotated Laplacian) model (required there).
 ``-pc_green_format auto|sparse|hmatrix|dense``
@@ -87,6 +89,7 @@ from pcshell.base import log_event
 
 from ..registry import METHODS
 from .hmatrix import ClusterTree, HMatrix
+from .train import PROBLEMS
 
 __all__ = ["GreenInverse", "CITATION", "uniform_spacing"]
 
@@ -166,7 +169,7 @@ class GreenInverse(SetupNetworkPC):
     Use::
 
         -ksp_type fgmres -pc_type python -pc_python_type petsc_neural.GreenInverse
-        -pc_green_problem convection2d -pc_green_format hmatrix
+        -pc_green_problem convection1d -pc_green_format hmatrix
 
     Options ``-pc_green_``: ``problem``, ``theta``, ``format``
     (auto|sparse|hmatrix|dense), ``weight``, ``tau_loc``, ``radius``,
@@ -193,7 +196,7 @@ class GreenInverse(SetupNetworkPC):
     def method_options(self) -> list[Option]:
         return [
             Option("problem", "", "shipped model to use without -pc_neural_model",
-                   choices=("", *METHODS["green"].models)),
+                   choices=("", *PROBLEMS)),
             Option("theta", float("nan"), "rotation angle of a parametric model"),
             Option("format", "auto", "compression", choices=FORMATS),
             Option("weight", "auto", "M^-1 = weight * G: auto (h^d on a uniform grid, else "
@@ -222,8 +225,15 @@ class GreenInverse(SetupNetworkPC):
         return None
 
     def load_model(self, pc: PETSc.PC) -> Any:
-        if not self.opts["model"] and self.opts["problem"]:
-            path = METHODS["green"].model_path(self.opts["problem"])
+        problem = self.opts["problem"]
+        if not self.opts["model"] and problem:
+            path = METHODS["green"].model_path(problem)
+            if path is None:
+                raise NeuralPCError(
+                    f"no shipped GreenInverse model for problem {problem!r} (shipped: "
+                    f"{', '.join(METHODS['green'].models) or 'none'}): train one with "
+                    f"`petsc-neural train green --problem {problem} -o green_{problem}.pt` "
+                    f"and pass -{self.options_prefix(pc)}model green_{problem}.pt")
             self.opts["model"] = path
         if not self.opts["model"]:
             raise NeuralPCError(

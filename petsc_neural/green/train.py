@@ -570,7 +570,7 @@ def _cli_train(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"wrote {args.output}: {meta.training['parameters']} parameters, "
         f"{meta.training['steps_done']} steps in {meta.training['train_seconds']:.0f}s "
-        f"(total {time.perf_counter() - t0:.0f}s), anchor error "
+        f"(over all resumes; this run {time.perf_counter() - t0:.0f}s), anchor error "
         f"{meta.training['anchor_rel_error']:.3g}, {meta.content_hash[:19]}...\n")
     if "metrics" in summary:
         sys.stdout.write(f"  {summary['metrics']}\n")
