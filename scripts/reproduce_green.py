@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Reproduce seed 003 (neural approximate inverse, GreenInverse): Figs. 10-12, 14, storage.
 
-Writes ``results/green.md``, ``results/green_results.json`` and PNGs
-``results/green_fig10.png``, ``green_fig11.png``, ``green_fig12.png``,
-``green_fig14.png``, ``green_exponents.png``.
+Writes ``results/NAME.md``, ``results/NAME_results.json`` and PNGs
+``results/NAME_fig10.png``, ``NAME_fig11.png``, ``NAME_fig12.png``,
+``NAME_fig14.png``, ``NAME_exponents.png`` (``--name``, default ``green``).
 
 Parts (``--parts``; each part's numbers are kept in the JSON, so parts can be
 run separately and the report is rebuilt from all of them):
@@ -54,11 +54,15 @@ from petsc_neural.bench.baselines import CLASSICAL  # noqa: E402
 from petsc_neural.registry import METHODS  # noqa: E402
 
 RESULTS = "results"
-JSON = os.path.join(RESULTS, "green_results.json")
+NAME = "green"  # --name: the stem of every output file
+
+
+def json_path() -> str:
+    return os.path.join(RESULTS, f"{NAME}_results.json")
 KSP = {"ksp_type": "fgmres", "ksp_gmres_restart": 50, "ksp_rtol": 1e-6, "ksp_max_it": 500,
        "ksp_norm_type": "unpreconditioned"}
 CLASSICAL_NAMES = {"ilu": "ILU(0)", "iluk": "ILU(2)", "asm": "ASM", "sor": "SOR",
-                   "gamg0": "GAMG", "mg": "MG (DMDA)", "lu": "LU"}
+                   "gamg0": "GAMG", "mg": "MG (geometric)", "lu": "LU"}
 PROBLEMS = {
     "convection1d": dict(family="fd_cdr", params=dict(dim=1, regime="convection")),
     "reaction1d": dict(family="fd_cdr", params=dict(dim=1, regime="reaction")),
@@ -69,9 +73,20 @@ SEEDS = (0, 1, 2)
 
 
 def model_path(args, key: str) -> str:
-    name = METHODS["green"].models[key]
-    return os.path.join(args.model_dir, name) if args.model_dir else \
-        METHODS["green"].model_path(key)
+    """The kernel of ``key``: ``--model-dir/green_<key>.pt``, else the shipped model."""
+    if args.model_dir:
+        return os.path.join(args.model_dir, f"green_{key}.pt")
+    path = METHODS["green"].model_path(key)
+    if path is None:
+        raise SystemExit(f"no shipped GreenInverse model for {key!r}: train it with "
+                         f"`petsc-neural train green --problem {key} -o DIR/green_{key}.pt` "
+                         f"and pass --model-dir DIR")
+    return path
+
+
+def have_model(args, key: str) -> bool:
+    return (bool(args.model_dir) or key in METHODS["green"].models) and \
+        os.path.exists(model_path(args, key))
 
 
 def mg_levels(N: int) -> int:
@@ -83,6 +98,12 @@ def mg_levels(N: int) -> int:
     return levels
 
 
+def mat_bytes(M: PETSc.Mat) -> float:
+    """Bytes of an AIJ matrix's entries: values (8) and column indices (4) per nonzero plus
+    the row pointers (MatInfo's ``memory`` field is always 0 in PETSc 3.26)."""
+    return 12.0 * M.getInfo()["nz_allocated"] + 4.0 * (M.getLocalSize()[0] + 1)
+
+
 def pc_memory(pc: PETSc.PC) -> float:
     """Bytes held by the preconditioner's own matrices (factors, levels, H-matrix)."""
     t = pc.getType()
@@ -90,7 +111,7 @@ def pc_memory(pc: PETSc.PC) -> float:
         ctx = pc.getPythonContext()
         return float(ctx.info.get("storage_mb", 0.0)) * 2**20
     if t in ("ilu", "lu", "icc", "cholesky"):
-        return float(pc.getFactorMatrix().getInfo()["memory"])
+        return mat_bytes(pc.getFactorMatrix())
     if t == "asm":
         return sum(pc_memory(k.getPC()) for k in pc.getASMSubKSP())
     if t in ("mg", "gamg"):
@@ -98,12 +119,67 @@ def pc_memory(pc: PETSc.PC) -> float:
         for lev in range(pc.getMGLevels()):
             ksp = pc.getMGSmoother(lev) if lev else pc.getMGCoarseSolve()
             A = ksp.getOperators()[1]
+            if 0 < lev < pc.getMGLevels() - 1:  # Galerkin coarse operators (not A itself)
+                total += mat_bytes(A)
             if lev:
-                total += float(A.getInfo()["memory"])
-                total += float(pc.getMGInterpolation(lev).getInfo()["memory"])
+                total += mat_bytes(pc.getMGInterpolation(lev))
             total += pc_memory(ksp.getPC())
         return total
     return 0.0
+
+
+def linear_interpolation_1d(nf: int, nc: int, comm) -> PETSc.Mat:
+    """Piecewise-linear interpolation from ``nc`` to ``nf`` interior nodes of [0, 1] (zero
+    Dirichlet ends), serial.
+
+    PETSc's DMDA cannot coarsen the paper's 1D grids (its 1D Q0 and Q1 interpolations both
+    need ``(N - 1)`` divisible by 2; N = 2^k is not), so the 1D geometric MG baseline gets
+    its interpolation from this (still geometric: it interpolates by node coordinates)."""
+    import scipy.sparse as sp
+
+    x = np.arange(1, nf + 1) / (nf + 1)
+    t = x * (nc + 1) - 1.0  # coarse index coordinate
+    j = np.floor(t).astype(int)
+    w = t - j
+    rows = np.concatenate([np.arange(nf)] * 2)
+    cols = np.concatenate([j, j + 1])
+    vals = np.concatenate([1.0 - w, w])
+    keep = (cols >= 0) & (cols < nc) & (vals != 0.0)
+    P = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(nf, nc))
+    return PETSc.Mat().createAIJ(size=P.shape, csr=(P.indptr, P.indices, P.data), comm=comm)
+
+
+def mg1d_ksp(p, opts: dict) -> PETSc.KSP:
+    """A set-up KSP with PCMG on a 1D problem: Galerkin levels from
+    :func:`linear_interpolation_1d` (halving N down to 32 points), the smoothers of
+    ``opts``."""
+    from pcshell import pushed_options
+
+    N = p.A.getSize()[0]
+    # Coarsest grid of at least 32 points: with the full hierarchy (down to 4 points) the
+    # Galerkin coarse operators of the convection-dominated problem are far from
+    # diffusion-resolved, the SOR-smoothed V-cycle diverges, and FGMRES(50) fails at
+    # every N >= 32 (measured); a user would cap the levels like this.
+    levels = 1
+    while N // 2 ** levels >= 4 and N % 2 ** levels == 0 and \
+            (levels == 1 or N // 2 ** levels >= 32):
+        levels += 1
+    prefix = "green_mg1d_"
+    flat = {k: v for k, v in opts.items() if k not in ("pc_type", "pc_mg_levels")}
+    ksp = PETSc.KSP().create(comm=p.A.getComm())
+    ksp.setOptionsPrefix(prefix)
+    ksp.setOperators(p.A)
+    pc = ksp.getPC()
+    pc.setType("mg")
+    pc.setMGLevels(levels)
+    sizes = [N // 2 ** (levels - 1 - lev) for lev in range(levels)]
+    for lev in range(1, levels):
+        pc.setMGInterpolation(lev, linear_interpolation_1d(sizes[lev], sizes[lev - 1],
+                                                           p.A.getComm()))
+    with pushed_options(prefix, flat):
+        ksp.setFromOptions()
+        ksp.setUp()
+    return ksp
 
 
 def run_solves(problem_key: str, N: int, opts: dict, comm=None, seeds=SEEDS,
@@ -115,7 +191,10 @@ def run_solves(problem_key: str, N: int, opts: dict, comm=None, seeds=SEEDS,
     p0 = problems[0]
     t0 = time.perf_counter()
     try:
-        ksp = p0.make_ksp({**KSP, **opts})
+        if opts.get("pc_type") == "mg" and spec["params"].get("dim") == 1:
+            ksp = mg1d_ksp(p0, {**KSP, **opts})
+        else:
+            ksp = p0.make_ksp({**KSP, **opts})
     except PETSc.Error as exc:
         cause = exc.__cause__ or exc
         return {"error": str(cause).splitlines()[-1][:200]}
@@ -170,10 +249,8 @@ def sweep(args, keys: list[str], sizes: list[int], store: dict, label: str) -> N
             if n <= args.dense_max:
                 cases.insert(1, ("dense", green_opts(args, key, "dense")))
             if not args.no_classical:
-                # PETSc's 1D Q0 interpolation still wants (N - 1) divisible by 2, which the
-                # paper's N are not; 1D systems are tridiagonal (ILU(0) is exact) anyway
-                cases += [(c, classical_opts(c, N)) for c in CLASSICAL_NAMES
-                          if not (c == "mg" and dim_of[key] == 1)]
+                # 1D MG: see mg1d_ksp (the DMDA cannot coarsen N = 2^k in 1D)
+                cases += [(c, classical_opts(c, N)) for c in CLASSICAL_NAMES]
             for name, opts in cases:
                 if name in row and not args.redo:
                     continue
@@ -235,9 +312,9 @@ def part_exponents(args, store: dict) -> None:
 
     out = store.setdefault("exponents", {})
     for key in ("convection1d", "reaction1d", "convection2d", "reaction2d"):
-        path = model_path(args, key)
-        if not os.path.exists(path):
+        if not have_model(args, key):
             continue
+        path = model_path(args, key)
         m = load_model(path, method="green")
         dim = m.metadata.training["dim"]
         s = torch.linspace(0, 1, 101, dtype=m.metadata.torch_dtype)
@@ -271,8 +348,8 @@ def part_moonshot(args, store: dict) -> None:
 
 # -- the report ------------------------------------------------------------------------
 def load() -> dict:
-    if os.path.exists(JSON):
-        with open(JSON) as f:
+    if os.path.exists(json_path()):
+        with open(json_path()) as f:
             return json.load(f)
     return {}
 
@@ -281,10 +358,10 @@ def save(store: dict) -> None:
     if PETSc.COMM_WORLD.getRank() != 0:
         return
     os.makedirs(RESULTS, exist_ok=True)
-    tmp = JSON + ".tmp"
+    tmp = json_path() + ".tmp"
     with open(tmp, "w") as f:
         json.dump(store, f, indent=1)
-    os.replace(tmp, JSON)
+    os.replace(tmp, json_path())
 
 
 def its_text(r: dict | None) -> str:
@@ -310,7 +387,9 @@ def table(rows: dict, cols: list[str], with_time: bool = True) -> list[str]:
             r = row.get(c)
             t = its_text(r)
             if with_time and r and "setup" in r:
-                t += f" ({r['setup']:.2f}+{r['solve']:.3f}s, {r['memory_mb']:.1f} MB)"
+                mem = r["memory_mb"]
+                mem = f"{mem:.1f} MB" if mem >= 1 else f"{mem * 1024:.0f} KB"
+                t += f" ({r['setup']:.2f}+{r['solve']:.3f}s, {mem})"
             cells.append(t)
         lines.append(f"| {N} | {n} | " + " | ".join(cells) + " |")
     return lines
@@ -343,6 +422,9 @@ def _pyplot():
 
 
 def plot_its(store: dict, label: str, keys: list[str], fname: str, title: str) -> None:
+    keys = [k for k in keys if store.get(label, {}).get(k)]
+    if not keys:
+        return
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2))
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
@@ -395,7 +477,7 @@ def plot_fig11(store: dict) -> None:
             ax.set_title(f"{key}: {'A' if name == 'A' else 'A M^-1 (' + name + ')'}")
             ax.set_xlabel("Re (scaled by the mean)")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "green_fig11.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, f"{NAME}_fig11.png"), dpi=110)
     plt.close(fig)
 
 
@@ -422,7 +504,7 @@ def plot_fig14(store: dict) -> None:
     ax.set_title("rotated Laplacian, xi = 0.1, 98 x 98")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "green_fig14.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, f"{NAME}_fig14.png"), dpi=110)
     plt.close(fig)
 
 
@@ -441,7 +523,7 @@ def plot_exponents(store: dict) -> None:
         ax.set_title(key)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "green_exponents.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, f"{NAME}_exponents.png"), dpi=110)
     plt.close(fig)
 
 
@@ -488,7 +570,7 @@ def report(store: dict, args) -> None:
             L += [f"Storage of the H-matrix ({key}):", ""] + storage_lines(rows) + [""]
     if store.get("fig11"):
         L += ["## fig11: spectra at N = 256", "",
-              "![spectra](green_fig11.png)", "",
+              f"![spectra]({NAME}_fig11.png)", "",
               "Paper (Fig. 11): dense and H-matrix preconditioning cluster the spectrum in a "
               "compact region away from the origin.", ""]
         for key, sp in store["fig11"].items():
@@ -509,7 +591,7 @@ def report(store: dict, args) -> None:
             L.append(f"| {float(t):.3f} | {its_text(r.get('none'))} | "
                      f"{its_text(r.get('dense'))} | {its_text(r.get('H'))} | "
                      f"{r.get('H', {}).get('setup', float('nan')):.1f} |")
-        L += ["", "![theta](green_fig14.png)", ""]
+        L += ["", f"![theta]({NAME}_fig14.png)", ""]
     if store.get("moonshot"):
         L += [f"## Moonshot: 2D at N = {args.moonshot_n} ({args.moonshot_n ** 2} unknowns)",
               "", "| problem | PC | its | setup (s) | solve (s) | total (s) |",
@@ -523,11 +605,11 @@ def report(store: dict, args) -> None:
                          f"{r['setup'] + r['solve']:.2f} |")
         L.append("")
     if store.get("exponents"):
-        L += ["## Learned exponents", "", "![alpha beta](green_exponents.png)", ""]
-    for fig in ("green_fig10.png", "green_fig12.png"):
+        L += ["## Learned exponents", "", f"![alpha beta]({NAME}_exponents.png)", ""]
+    for fig in (f"{NAME}_fig10.png", f"{NAME}_fig12.png"):
         if os.path.exists(os.path.join(RESULTS, fig)):
             L += [f"![{fig}]({fig})", ""]
-    with open(os.path.join(RESULTS, "green.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"{NAME}.md"), "w") as f:
         f.write("\n".join(L) + "\n")
 
 
@@ -547,7 +629,9 @@ def main() -> int:
     ap.add_argument("--model-dir", default="")
     ap.add_argument("--redo", action="store_true", help="recompute cases already in the JSON")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--name", default=NAME, help="stem of the output files in results/")
     args = ap.parse_args()
+    globals()["NAME"] = args.name
     args.thetas = [float(t) for t in args.thetas.split(",") if t]
     import torch
 
@@ -570,8 +654,8 @@ def main() -> int:
     if "moonshot" in parts:
         part_moonshot(args, store)
     if PETSc.COMM_WORLD.getRank() == 0:
-        plot_its(store, "fig10", ["convection1d", "reaction1d"], "green_fig10.png", "Fig. 10")
-        plot_its(store, "fig12", ["convection2d", "reaction2d"], "green_fig12.png", "Fig. 12")
+        plot_its(store, "fig10", ["convection1d", "reaction1d"], f"{NAME}_fig10.png", "Fig. 10")
+        plot_its(store, "fig12", ["convection2d", "reaction2d"], f"{NAME}_fig12.png", "Fig. 12")
         plot_fig11(store)
         plot_fig14(store)
         plot_exponents(store)
