@@ -130,9 +130,10 @@ METHODS: dict[str, MethodSpec] = {
             pc="petsc_neural.green.pc:GreenInverse",
             prefix="pc_green_",
             trainer="petsc_neural.green.train",
-            # only shipped models; the 2D and rotated kernels are trained by
+            # only shipped models; the others are trained by
             # `petsc-neural train green --problem ...` (petsc_neural/models/README.md)
-            models={"convection1d": "green_convection1d.pt", "reaction1d": "green_reaction1d.pt"},
+            models={"convection1d": "green_convection1d.pt", "reaction1d": "green_reaction1d.pt",
+                    "reaction2d": "green_reaction2d.pt"},
         ),
     )
 }
