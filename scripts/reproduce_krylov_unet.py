@@ -286,7 +286,8 @@ def transfer_note(res: dict, lines: list[str]) -> None:
     """The ratios to none on the 2x finer grid beside those on the training grid."""
     rtol = next(iter(res["transfer grid"]))
     lines.append(f"Ratios to none at rtol {rtol}, training grid -> 2x finer grid (the models "
-                 "were trained at the training grid only; nothing is retrained):\n")
+                 "were trained at the training grid only; nothing is retrained, and GAMG "
+                 "keeps the setting tuned at the training grid):\n")
     for pc in ("static", "dynamic", "gamg"):
         ratio = []
         for tag in ("training grid", "transfer grid"):
