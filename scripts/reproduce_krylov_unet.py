@@ -246,7 +246,8 @@ def solves_section(res: dict, lines: list[str], tag: str, pcs: list[str],
     dofs = records[0]["dofs"]
     lines.append(f"## FGMRES iterations on {n} unseen vessel networks, {tag}\n")
     lines.append(f"{res.get('metadata', {}).get(tag, '')}: {dofs[0]:,} unknowns ({dofs[1]:,} "
-                 f"3D, {dofs[2]:,}-{max(r['dofs'][2] for r in records):,} 1D).  Test seeds "
+                 f"3D, {min(r['dofs'][2] for r in records):,}-"
+                 f"{max(r['dofs'][2] for r in records):,} 1D).  Test seeds "
                  f"{records[0]['seed']}..{records[-1]['seed']} (training uses seeds below "
                  f"{TEST_SEED}).  Generating a system with Firedrake (random tree, assembly, "
                  f"field index sets): {np.mean(gen):.1f} s mean ({min(gen):.1f}-{max(gen):.1f}"
