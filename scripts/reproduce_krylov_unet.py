@@ -40,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -331,10 +332,10 @@ def plot_iterations(res: dict, out_dir: str, tag: str) -> str:
     rtol = next(iter(res[tag]))
     out = res[tag][rtol]
     names = [pc for pc in out if out[pc]]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     ax.boxplot([[r["iterations"] for r in out[pc]] for pc in names])
-    ax.set_xticks(range(1, len(names) + 1), [LABELS[n].replace(", ", "\n") for n in names],
-                  fontsize=7)
+    ax.set_xticks(range(1, len(names) + 1),
+                  [textwrap.fill(LABELS[n].replace(",", ""), 15) for n in names], fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("FGMRES iterations")
     ax.set_title(f"{len(out['none'])} unseen vessel networks, rtol {rtol}")
