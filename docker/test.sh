@@ -18,8 +18,10 @@ run() {  # the image as a user runs it, at low CPU priority (a shared machine)
 step() { printf '\n[docker-test] %s\n' "$*"; }
 
 step "models, user"
-run models
-uid=$(run exec id -u)
+# One container for both (each `docker run` copies the whole image under vfs).
+out=$(run exec bash -c 'petsc-neural models && id -u')
+echo "$out" | head -n -1
+uid=$(echo "$out" | tail -n 1)
 [ "$uid" != 0 ] || { echo "[docker-test] the image runs as root" >&2; exit 1; }
 echo "runs as uid $uid"
 

@@ -53,3 +53,21 @@ def clean_options():
     for key in list(opts.getAll()):
         if key.startswith(TEST_PREFIXES):
             opts.delValue(key)
+
+
+def available_devices() -> list[str]:
+    """Where the networks can run here: the CPU always, CUDA where torch sees a GPU."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes a ``device`` argument runs once per available device
+    (PyTorch Geometric's habit), unless it parametrizes ``device`` itself."""
+    if "device" not in metafunc.fixturenames:
+        return
+    own = any("device" in str(m.args[0]).replace(" ", "").split(",")
+              for m in metafunc.definition.iter_markers("parametrize"))
+    if not own:
+        metafunc.parametrize("device", available_devices())

@@ -27,11 +27,11 @@ def jacobi_ksp(A, ksp_type):
     return ksp
 
 
-def _assert_same_as_jacobi(model, ksp_type, n=24):
+def _assert_same_as_jacobi(model, ksp_type, n=24, device="cpu"):
     A = laplacian(n)
     b = rhs(A)
     _, h_ref = solve(jacobi_ksp(A, ksp_type), b)
-    ksp = neural_ksp(A, model, ksp_type)
+    ksp = neural_ksp(A, model, ksp_type, pc_neural_device=device)
     x, h = solve(ksp, b)
     assert ksp.getConvergedReason() > 0
     assert len(h) == len(h_ref)  # same iteration count
@@ -40,8 +40,8 @@ def _assert_same_as_jacobi(model, ksp_type, n=24):
 
 
 @pytest.mark.parametrize("ksp_type", ["cg", "gmres"])
-def test_jacobi_model_matches_pc_jacobi(jacobi_model, ksp_type):
-    _assert_same_as_jacobi(jacobi_model, ksp_type)
+def test_jacobi_model_matches_pc_jacobi(jacobi_model, ksp_type, device):
+    _assert_same_as_jacobi(jacobi_model, ksp_type, device=device)
 
 
 @pytest.mark.parallel(nprocs=2)

@@ -22,10 +22,10 @@ def _problem(comm=None):
     return p
 
 
-def test_npo_reduces_fgmres_iterations_on_an_unseen_problem(model):
+def test_npo_reduces_fgmres_iterations_on_an_unseen_problem(model, device):
     p = _problem()
     _, ksp_none = p.solve(plain_params("none"))
-    x, ksp = p.solve(npo_params(model))
+    x, ksp = p.solve({**npo_params(model), "pc_neural_device": device})
     assert ksp.getConvergedReason() > 0 and ksp_none.getConvergedReason() > 0
     its, its_none = ksp.getIterationNumber(), ksp_none.getIterationNumber()
     assert its <= 0.25 * its_none, (its, its_none)
@@ -35,6 +35,7 @@ def test_npo_reduces_fgmres_iterations_on_an_unseen_problem(model):
     assert r.norm() <= 1e-9 * p.b.norm()
     pc = ksp.getPC().getPythonContext()
     assert type(pc).__name__ == "NPO" and pc.op.coordinates is not None
+    assert pc.device.type == device
 
 
 def test_npo_is_refused_under_cg_and_allowed_with_the_override(model):
