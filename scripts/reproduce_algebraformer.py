@@ -404,6 +404,9 @@ def fgmres(models: dict[str, str], test, count: int = 20) -> tuple[list[str], di
                                        "pc_neural_model": models["algebraformer"]},
         "FGMRES(30) + Algebraformer, mixed-RHS model": {
             "ksp_type": "fgmres", **af, "pc_neural_model": models["mixed"]},
+        "FGMRES(64) + Algebraformer, mixed-RHS model": {
+            "ksp_type": "fgmres", "ksp_gmres_restart": 64, **af,
+            "pc_neural_model": models["mixed"]},
     }
     krylov_solve(test.A[0], test.b[0], {**base, **configs["FGMRES(30) + Algebraformer"]})
     res = {}
