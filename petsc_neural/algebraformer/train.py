@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, train_set: SystemSet, test_set: SystemSet | None = N
         if cfg.loss == "error":
             return err, {"lr": opt.param_groups[0]["lr"]}
         res = relative_residual(Ah, pred, bh)
-        return err + res, {"error": float(err), "residual": float(res),
+        return err + res, {"error": float(err.detach()), "residual": float(res.detach()),
                            "lr": opt.param_groups[0]["lr"]}
 
     def callback(i: int, loss: float, parts: Any) -> None:
