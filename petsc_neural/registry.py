@@ -93,6 +93,17 @@ METHODS: dict[str, MethodSpec] = {
             default_model="poisson",
         ),
         MethodSpec(
+            name="npo_mg",
+            title="NPO-MG: NAMG attention transfer weights at setup, PETSc multigrid apply",
+            seed="000",
+            pc="petsc_neural.npo_mg.pc:NPOMultigrid",
+            prefix="pc_npo_mg_",
+            trainer="petsc_neural.npo_mg.train",
+            ksp="cg",
+            models={"scalar": "npo_mg_scalar.pt"},
+            default_model="scalar",
+        ),
+        MethodSpec(
             name="neuralsp",
             title="NeuraLSP learned two-level coarse space (PCMG)",
             seed="001",

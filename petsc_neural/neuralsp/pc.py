@@ -117,6 +117,7 @@ from pcshell.options import TRISTATE
 
 from ..coarse import (
     aggregate,
+    aij_operator,
     block_prolongator,
     coordinate_order,
     dense_prolongator,
@@ -144,8 +145,6 @@ CITATION = """@article{neuralsp2025,
   year    = {2025}
 }
 """
-
-_AIJ = ("seqaij", "mpiaij", "seqaijcusparse", "mpiaijcusparse", "seqaijkokkos", "mpiaijkokkos")
 
 
 class NeuraLSP(SetupNetworkPC):
@@ -267,11 +266,8 @@ class NeuraLSP(SetupNetworkPC):
     def build(self, pc: PETSc.PC) -> PETSc.PC:
         A, Pmat = pc.getOperators()
         same = A.handle == Pmat.handle
-        self.converted = ""
-        if Pmat.getType() not in _AIJ:
-            # BAIJ/SBAIJ/dense: PETSc's MatMatMult and PtAP below need AIJ.
-            self.converted = f"{Pmat.getType()} -> aij"
-            Pmat = Pmat.convert("aij", out=PETSc.Mat())  # a copy: the user's Mat stays
+        Pmat, self.converted = aij_operator(Pmat)  # BAIJ/SBAIJ/dense: MatPtAP needs AIJ
+        if self.converted:
             self.inner_objects.append(Pmat)
             A = Pmat if same else A
         comm = Pmat.getComm()
