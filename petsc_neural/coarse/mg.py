@@ -43,7 +43,8 @@ def mg_hierarchy(
     ``interpolations[0]`` maps the first coarse level to the fine one,
     ``interpolations[-1]`` the coarsest to the next.  ``operators``: the
     coarse operators in the same order (e.g. from ``MatPtAP``), or ``None``
-    for PETSc's Galerkin products (``-pc_mg_galerkin both``).  Smoother:
+    for PETSc's Galerkin products (``-pc_mg_galerkin both``).  With no
+    interpolation at all, the coarse solver alone (prefix ``mg_coarse_``).  Smoother:
     ``smooth_its`` sweeps of damped Jacobi (Richardson with scale ``omega``)
     or of Chebyshev/Jacobi, before and after the coarse correction; coarse
     solve: LU (redundant LU on several ranks).  ``defaults`` and then the
@@ -54,6 +55,8 @@ def mg_hierarchy(
                          "interpolations")
     comm = A.getComm()
     n_levels = len(interpolations) + 1
+    if n_levels == 1:  # nothing to coarsen: the coarse solver on the operator itself
+        return _direct(A, Pmat, prefix + "mg_coarse_", defaults)
     mg = PETSc.PC().create(comm=comm)
     mg.setOptionsPrefix(prefix)
     mg.setOperators(A, Pmat)
@@ -87,6 +90,21 @@ def mg_hierarchy(
         mg.setFromOptions()
         mg.setUp()
     return mg
+
+
+def _direct(A: PETSc.Mat, Pmat: PETSc.Mat, prefix: str,
+            defaults: dict[str, Any] | None) -> PETSc.PC:
+    """LU (redundant LU on several ranks) under ``prefix``, as PCMG's coarse solve would be."""
+    pc = PETSc.PC().create(comm=A.getComm())
+    pc.setOptionsPrefix(prefix)
+    pc.setOperators(A, Pmat)
+    opts = {"pc_type": "lu" if A.getComm().getSize() == 1 else "redundant"}
+    opts.update({k[len("mg_coarse_"):]: v for k, v in (defaults or {}).items()
+                 if k.startswith("mg_coarse_pc_")})
+    with pushed_options(prefix, opts):
+        pc.setFromOptions()
+        pc.setUp()
+    return pc
 
 
 def two_level_mg(

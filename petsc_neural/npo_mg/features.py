@@ -23,7 +23,7 @@ from ..coarse.roots import Candidates, candidate_tokens, hashed_priority, mis2_r
 from ..coarse.smoothed import node_keys, row_keys
 
 __all__ = ["FEATURES", "N_NODE", "N_EDGE", "LevelGraph", "coarsen", "level_graph",
-           "scaled_operator"]
+           "scaled_operator", "row_statistics", "csr_row_statistics"]
 
 #: Version of the feature layout below (stored in model files).
 FEATURES = "npo_mg-features/1"
@@ -41,8 +41,8 @@ class LevelGraph:
 
     candidates: Candidates
     tokens: np.ndarray  # (n_tokens, Kc) token graph, -1 padding
-    node: np.ndarray  # (n, N_NODE)
-    edge: np.ndarray  # (n, K, N_EDGE)
+    node: np.ndarray  # (n, N_NODE), float32
+    edge: np.ndarray  # (n, K, N_EDGE), float32
     Ahat: sp.csr_matrix  # D^-1/2 A D^-1/2 of the local block
 
     @property
@@ -60,6 +60,41 @@ def scaled_operator(A: sp.csr_matrix) -> sp.csr_matrix:
                         shape=A.shape)
     out.sort_indices()
     return out
+
+
+def csr_row_statistics(
+    indptr: np.ndarray, values: np.ndarray, is_diag: np.ndarray, d_row: np.ndarray,
+    d_col: np.ndarray, threshold: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``Â = D^-1/2 A D^-1/2``: sum of off-diagonal ``|â|``, sum of ``â``, largest
+    off-diagonal ``|â|``, number of off-diagonal ``|â| > threshold``.
+
+    CSR rows given by ``indptr`` and ``values``; ``is_diag`` marks diagonal
+    entries; ``d_row`` is the diagonal of each row, ``d_col`` that of each
+    entry's column (non-positive diagonals count as 1).
+    """
+    n = len(indptr) - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    dr = np.where(d_row > 0, d_row, 1.0)
+    dc = np.where(d_col > 0, d_col, 1.0)
+    ahat = values / np.sqrt(dr[rows] * dc)
+    absval = np.where(is_diag, 0.0, np.abs(ahat))
+    absoff = np.bincount(rows, weights=absval, minlength=n)
+    rowsum = np.bincount(rows, weights=ahat, minlength=n)
+    degree = np.bincount(rows, weights=absval > threshold, minlength=n)
+    maxoff = np.zeros(n)
+    nonempty = np.diff(indptr) > 0
+    if absval.size:
+        maxoff[nonempty] = np.maximum.reduceat(absval, indptr[:-1][nonempty])
+    return absoff, rowsum, maxoff, degree
+
+
+def row_statistics(A: sp.csr_matrix, threshold: float = 0.0) -> tuple[np.ndarray, ...]:
+    """:func:`csr_row_statistics` of a whole (serial) matrix."""
+    A = sp.csr_matrix(A)
+    d = A.diagonal()
+    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+    return csr_row_statistics(A.indptr, A.data, A.indices == rows, d, d[A.indices], threshold)
 
 
 def _edge_lengths(G: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
@@ -81,6 +116,7 @@ def coarsen(
     max_candidates: int = 8,
     seed: int = 0,
     rstart: int = 0,
+    demote: np.ndarray | None = None,
 ) -> tuple[sp.csr_matrix, Candidates]:
     """The strength graph of ``A`` (scipy CSR), its roots and every row's candidate tokens.
 
@@ -88,6 +124,9 @@ def coarsen(
     they (else the global rows ``rstart ..``) key the root priorities, so the
     roots do not depend on the numbering.  ``distance``: 2 for an aggressive
     first coarsening (smoothed aggregation's aggregates), 1 below.
+    ``demote``: rows that become roots only where no other row can (under MPI:
+    rows coupled to other ranks, so that no two roots face each other across
+    a rank interface).
     """
     A = sp.csr_matrix(A)
     n = A.shape[0]
@@ -96,7 +135,10 @@ def coarsen(
         keys = node_keys(coordinates, 1, seed)
     else:
         keys = row_keys(rstart, n, seed)
-    root = mis2_roots(G, hashed_priority(keys), has_neighbours(A), distance)
+    priority = hashed_priority(keys)
+    if demote is not None and demote.any():
+        priority = np.where(demote, priority, priority + n)
+    root = mis2_roots(G, priority, has_neighbours(A), distance)
     return G, candidate_tokens(G, root, max_candidates)
 
 
@@ -107,8 +149,14 @@ def level_graph(
     c: Candidates,
     *,
     max_neighbours: int = 24,
+    threshold: float = 0.0,
+    stats: tuple[np.ndarray, ...] | None = None,
 ) -> LevelGraph:
-    """The network's view of one level: features of ``A``'s rows and of their candidates."""
+    """The network's view of one level: features of ``A``'s rows and of their candidates.
+
+    ``stats``: the rows' :func:`csr_row_statistics` when ``A`` is only the
+    diagonal block of a distributed matrix (else computed from ``A``).
+    """
     n = A.shape[0]
     if coordinates is not None and coordinates.shape[0] != n:
         coordinates = None
@@ -117,39 +165,36 @@ def level_graph(
     K = c.index.shape[1]
     mask = c.mask
 
-    # Node features, from the CSR arrays of Â.
-    rows = np.repeat(np.arange(n), np.diff(Ahat.indptr))
-    off = Ahat.indices != rows
-    absval = np.where(off, np.abs(Ahat.data), 0.0)
-    absoff = np.bincount(rows, weights=absval, minlength=n)
-    rowsum = np.bincount(rows, weights=Ahat.data, minlength=n)
-    maxoff = np.zeros(n)
-    nonempty = np.diff(Ahat.indptr) > 0
-    if absval.size:
-        maxoff[nonempty] = np.maximum.reduceat(absval, Ahat.indptr[:-1][nonempty])
-    degree = np.diff(G.indptr)
+    # Node features: whole-row statistics of Â (under MPI the PC passes them,
+    # computed from the rank's whole rows, not only its diagonal block).
+    if stats is None:
+        stats = row_statistics(A, threshold)
+    absoff, rowsum, maxoff, degree = stats
     has_x = 0.0 if coordinates is None else 1.0
+    is_root = np.zeros(n, dtype=bool)
+    is_root[c.roots] = True
     node = np.stack([
-        absoff, rowsum, maxoff, np.log1p(degree) / 3.0, np.isin(np.arange(n), c.roots),
+        absoff, rowsum, maxoff, np.log1p(degree) / 3.0, is_root,
         mask.sum(axis=1) / K, np.where(mask[:, 0], c.strength[:, 0], 0.0),
         np.full(n, has_x),
-    ], axis=1).astype(np.float64)
+    ], axis=1).astype(np.float32)
 
-    # Edge features.
-    edge = np.zeros((n, K, N_EDGE))
-    for h in range(3):
-        edge[..., h] = (c.hop == h) & mask
-    edge[..., 3] = np.where(c.hop == 1, c.strength, 0.0)
-    edge[..., 4] = np.where(c.hop == 2, c.strength, 0.0)
-    smax = np.max(np.where(mask, c.strength, 0.0), axis=1, keepdims=True)
-    edge[..., 5] = np.where(mask, c.strength / np.where(smax > 0, smax, 1.0), 0.0)
+    # Edge features, one (n, K) array each, stacked once.
+    f = np.float32
+    strength = np.where(mask, c.strength, 0.0)
+    smax = strength.max(axis=1, keepdims=True)
+    cols = [(c.hop == h) & mask for h in range(3)]
+    cols += [np.where(c.hop == 1, strength, 0.0), np.where(c.hop == 2, strength, 0.0),
+             strength / np.where(smax > 0, smax, 1.0)]
+    zero = np.zeros((n, K), dtype=f)
     if coordinates is not None and c.n_tokens:
         X = np.asarray(coordinates, dtype=np.float64)
         hlen = _edge_lengths(G, X)
         rel = (X[:, None, :] - X[c.roots[np.where(mask, c.index, 0)]]) / hlen[:, None, None]
         rel = np.where(mask[..., None], rel, 0.0)
-        dim = min(X.shape[1], 3)
-        edge[..., 6 : 6 + dim] = rel[..., :dim]
-        edge[..., 9] = np.sqrt((rel**2).sum(axis=-1))
-        edge[..., 10] = mask
+        dxyz = [rel[..., d] if d < rel.shape[-1] else zero for d in range(3)]
+        cols += dxyz + [np.sqrt((rel**2).sum(axis=-1)), mask]
+    else:
+        cols += [zero] * 5
+    edge = np.stack([np.asarray(col, dtype=f) for col in cols], axis=-1)
     return LevelGraph(candidates=c, tokens=tokens, node=node, edge=edge, Ahat=Ahat)

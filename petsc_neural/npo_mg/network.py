@@ -27,6 +27,7 @@ The three steps of the NAMG operator, as they appear here:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,7 +36,8 @@ from torch import Tensor, nn
 
 from .features import N_EDGE, N_NODE
 
-__all__ = ["TransferConfig", "AttentionTransfer", "masked_softmax", "level_inputs", "INPUTS"]
+__all__ = ["TransferConfig", "AttentionTransfer", "masked_softmax", "level_inputs", "csr_tensor",
+           "INPUTS"]
 
 #: The inputs a model file declares (checked by the PC), in ``forward``'s order.
 INPUTS = ["node_features", "scaled_operator", "candidates", "edge_features", "token_graph"]
@@ -169,16 +171,25 @@ class AttentionTransfer(nn.Module):
         return masked_softmax((s0 + qk) / tau, mask)
 
 
+def csr_tensor(A: Any, dtype: torch.dtype = torch.float64,
+               device: torch.device | None = None) -> Tensor:
+    """A torch CSR tensor from a scipy CSR matrix (torch's beta warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(A.indptr.astype("int64")),
+            torch.from_numpy(A.indices.astype("int64")),
+            torch.from_numpy(A.data).to(dtype), A.shape, device=device or torch.device("cpu"))
+
+
 def level_inputs(
     graph: Any, dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The network's inputs from a :class:`~petsc_neural.npo_mg.features.LevelGraph`."""
     dev = device or torch.device("cpu")
-    A = graph.Ahat
-    Ahat = torch.sparse_csr_tensor(
-        torch.from_numpy(A.indptr.astype("int64")), torch.from_numpy(A.indices.astype("int64")),
-        torch.from_numpy(A.data).to(dtype), A.shape, device=dev)
-    return (torch.from_numpy(graph.node).to(device=dev, dtype=dtype), Ahat,
+    return (torch.from_numpy(graph.node).to(device=dev, dtype=dtype),
+            csr_tensor(graph.Ahat, dtype, dev),
             torch.from_numpy(graph.candidates.index).to(dev),
             torch.from_numpy(graph.edge).to(device=dev, dtype=dtype),
             torch.from_numpy(graph.tokens).to(dev))

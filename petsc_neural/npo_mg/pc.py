@@ -60,7 +60,7 @@ Options (prefix ``-[pc prefix]pc_npo_mg_``), besides the common
     coarser ones use the nearest root.
 ``-pc_npo_mg_levels L`` / ``-pc_npo_mg_coarse_size N``
     At most ``L`` levels (default 12); stop coarsening at ``N`` global rows
-    (default 400).
+    (default 1000; smaller coarse levels would be coarsened rank by rank).
 ``-pc_npo_mg_aggressive k``
     Levels with distance-2 roots (default 1).
 ``-pc_npo_mg_threshold t`` / ``-pc_npo_mg_max_candidates K``
@@ -103,10 +103,46 @@ from ..coarse.prolongation import jacobi_omega, smooth_prolongator, token_prolon
 from ..coarse.roots import nearest_weights
 from ..npo.pc import CITATION
 from ..registry import get_method
-from .features import FEATURES, coarsen, level_graph
+from .features import FEATURES, coarsen, csr_row_statistics, level_graph
 from .network import INPUTS, level_inputs
 
-__all__ = ["NPOMultigrid", "drop_small"]
+__all__ = ["NPOMultigrid", "drop_small", "whole_row_statistics", "interface_rows"]
+
+
+def interface_rows(A: PETSc.Mat) -> np.ndarray:
+    """Local rows with an entry in a column another rank owns."""
+    indptr, cols, _ = A.getValuesCSR()
+    rstart, rend = A.getOwnershipRange()
+    ghost = (cols < rstart) | (cols >= rend)
+    rows = np.repeat(np.arange(rend - rstart), np.diff(indptr))
+    return np.bincount(rows, weights=ghost, minlength=rend - rstart) > 0
+
+
+def whole_row_statistics(A: PETSc.Mat, threshold: float) -> tuple[np.ndarray, ...]:
+    """:func:`~petsc_neural.npo_mg.features.csr_row_statistics` of the rank's whole rows.
+
+    The diagonal block alone would make rows at a rank interface look like
+    boundary rows; the diagonal of off-rank columns comes with one PETSc scatter.
+    """
+    indptr, cols, vals = A.getValuesCSR()
+    rstart, rend = A.getOwnershipRange()
+    diag = A.getDiagonal()
+    d_local = diag.getArray(readonly=True).copy()
+    ghost = (cols < rstart) | (cols >= rend)
+    need = np.unique(cols[ghost]).astype(PETSc.IntType)
+    d_ghost = PETSc.Vec().createSeq(len(need), comm=PETSc.COMM_SELF)
+    index = PETSc.IS().createGeneral(need, comm=PETSc.COMM_SELF)
+    scatter = PETSc.Scatter().create(diag, index, d_ghost, None)
+    scatter.scatter(diag, d_ghost, mode=PETSc.ScatterMode.FORWARD)
+    d_col = np.empty(cols.size)
+    d_col[~ghost] = d_local[cols[~ghost] - rstart]
+    d_col[ghost] = d_ghost.getArray(readonly=True)[np.searchsorted(need, cols[ghost])]
+    rows = np.repeat(np.arange(rend - rstart), np.diff(indptr)) + rstart
+    out = csr_row_statistics(np.asarray(indptr), np.asarray(vals), cols == rows, d_local,
+                             d_col, threshold)
+    for obj in (scatter, index, d_ghost, diag):
+        obj.destroy()
+    return out
 
 
 def drop_small(W: np.ndarray, fraction: float) -> np.ndarray:
@@ -148,7 +184,7 @@ class NPOMultigrid(SetupNetworkPC):
                    choices=("model", "nearest")),
             Option("network_levels", -1, "levels built by the network (-1: all)", low=-1),
             Option("levels", 12, "largest number of levels", low=1),
-            Option("coarse_size", 400, "stop coarsening at this many global rows", low=1),
+            Option("coarse_size", 1000, "stop coarsening at this many global rows", low=1),
             Option("aggressive", 1, "levels with distance-2 roots", low=0),
             Option("threshold", 0.1, "strength-of-connection threshold (aggressive levels)",
                    low=0.0),
@@ -214,15 +250,17 @@ class NPOMultigrid(SetupNetworkPC):
             with log_event("NPOMGGraph"):
                 S = to_scipy(Al)
                 first = k < o["aggressive"]
-                G, c = coarsen(S, X, distance=2 if first else 1,
-                               threshold=o["threshold"] if first else 0.0,
+                threshold = o["threshold"] if first else 0.0
+                G, c = coarsen(S, X, distance=2 if first else 1, threshold=threshold,
                                max_candidates=o["max_candidates"],
-                               seed=o["seed"], rstart=Al.getOwnershipRange()[0])
+                               seed=o["seed"], rstart=Al.getOwnershipRange()[0],
+                               demote=interface_rows(Al) if comm.getSize() > 1 else None)
             t1 = time.perf_counter()
             use_net = o["weights"] == "model" and k < net_levels
             if use_net:
                 with log_event("NPOMGFeatures"):
-                    g = level_graph(S, X, G, c)
+                    stats = whole_row_statistics(Al, threshold) if comm.getSize() > 1 else None
+                    g = level_graph(S, X, G, c, threshold=threshold, stats=stats)
                 W = self._weights(pc, g, k)
             else:
                 W = nearest_weights(c)
@@ -264,8 +302,11 @@ class NPOMultigrid(SetupNetworkPC):
                                          f"for {n} rows with {K} candidates; expected {(n, K)}")
 
         inputs = level_inputs(g, self.dtype, self.device)
-        W = self.run_network(pc, *inputs, where=f"level {level}, {n} local rows",
-                             local_skip=n == 0, check=check)
+        # One call per level, each with new shapes: TorchScript's profiling executor
+        # would re-specialise the graph at every call (measured 2x slower at setup).
+        with torch.jit.optimized_execution(False):
+            W = self.run_network(pc, *inputs, where=f"level {level}, {n} local rows",
+                                 local_skip=n == 0, check=check)
         if n == 0:
             return np.zeros((0, K))
         return W.to(torch.float64).cpu().numpy()

@@ -36,7 +36,7 @@ from ..npo.loss import LossWeights
 from ..training.loop import LoopConfig, run_training
 from .features import FEATURES, coarsen, level_graph
 from .loss import dense_prolongator, transfer_loss
-from .network import INPUTS, AttentionTransfer, TransferConfig, level_inputs
+from .network import INPUTS, AttentionTransfer, TransferConfig, csr_tensor, level_inputs
 
 __all__ = ["TrainConfig", "Level", "make_levels", "train", "export_model", "register_train",
            "gershgorin_omega"]
@@ -98,19 +98,18 @@ class Level:
 
 
 def _torch_csr(A: sp.csr_matrix) -> torch.Tensor:
-    A = sp.csr_matrix(A)
+    A = sp.csr_matrix(A, dtype=np.float64)
     A.sort_indices()
-    return torch.sparse_csr_tensor(torch.from_numpy(A.indptr.astype(np.int64)),
-                                   torch.from_numpy(A.indices.astype(np.int64)),
-                                   torch.from_numpy(A.data.astype(np.float64)), A.shape)
+    return csr_tensor(A, torch.float64)
 
 
 def _level(A: sp.csr_matrix, X: np.ndarray | None, distance: int, cfg: TrainConfig,
            b: np.ndarray | None, name: str):
     # The threshold applies on the aggressive (distance-2) level only, as in the PC.
-    G, c = coarsen(A, X, distance=distance, threshold=cfg.threshold if distance == 2 else 0.0,
+    threshold = cfg.threshold if distance == 2 else 0.0
+    G, c = coarsen(A, X, distance=distance, threshold=threshold,
                    max_candidates=cfg.max_candidates)
-    g = level_graph(A, X, G, c)
+    g = level_graph(A, X, G, c, threshold=threshold)
     # Without coordinates a PC keys the roots by row; the features are what matter here.
     g_nox = g if X is None else _without_coordinates(g)
     d = A.diagonal()
