@@ -111,6 +111,8 @@ METHODS: dict[str, MethodSpec] = {
             prefix="pc_neuralsp_",
             trainer="petsc_neural.neuralsp.train",
             ksp="cg",
+            models={"local": "neuralsp_local.pt"},
+            default_model="local",
         ),
     )
 }

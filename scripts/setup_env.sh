@@ -14,6 +14,7 @@ PETSC_VERSION=3.26.0
 PETSC4PY_VERSION=3.26.0
 TORCH_VERSION=2.13.0
 FIREDRAKE_VERSION=2026.10.0
+H5PY_VERSION=3.16.0  # what Firedrake 2026.10.0 resolves to; built once with MPI
 PETSC_ARCH=arch-petsc-neural
 VENV=${PETSC_NEURAL_VENV:-$ROOT/.venv}
 CACHE=${PETSC_NEURAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/petsc-neural}
@@ -131,13 +132,44 @@ step venv "$STAMPS/venv" venv_create
 # torch first and pinned, so nothing later can pull a CUDA build.
 step torch "$STAMPS/torch-$TORCH_VERSION" $PIP install "torch==$TORCH_VERSION"
 step mpi4py "$STAMPS/mpi4py" $PIP install setuptools wheel cython pkgconfig numpy mpi4py
+step fd-reqs "$STAMPS/firedrake-build-reqs" $PIP install "${FIREDRAKE_BUILD_REQS[@]}"
+# h5py (MPI build, from source) needs mpi4py but not PETSc: its wheel compiles on the
+# second core while petsc4py's single-threaded build runs (both take minutes).  It is
+# only built into a wheel directory (nothing is installed while petsc4py installs), and
+# only when Firedrake is not installed yet.
+H5PY_WHEELS=$CACHE/wheels/h5py-$H5PY_VERSION
+H5PY_PID=""
+if [ ! -e "$STAMPS/firedrake-$FIREDRAKE_VERSION" ] && ! ls "$H5PY_WHEELS"/h5py-*.whl >/dev/null 2>&1; then
+  printf '[setup] %-12s running in the background (log: %s)\n' h5py-wheel \
+    "${LOGDIR#$ROOT/}/h5py-wheel.log"
+  ( env HDF5_MPI=ON CC=mpicc HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
+      $PIP wheel --no-deps --no-build-isolation --no-binary h5py "h5py==$H5PY_VERSION" \
+      -w "$H5PY_WHEELS.part" && mv "$H5PY_WHEELS.part" "$H5PY_WHEELS" ) \
+    >"$LOGDIR/h5py-wheel.log" 2>&1 &
+  H5PY_PID=$!
+fi
 step petsc4py "$STAMPS/petsc4py-$PETSC4PY_VERSION-$PETSC_HASH" \
   $PIP install --no-build-isolation "petsc4py==$PETSC4PY_VERSION"
-step fd-reqs "$STAMPS/firedrake-build-reqs" $PIP install "${FIREDRAKE_BUILD_REQS[@]}"
-step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" env HDF5_MPI=ON CC=mpicc CXX=mpicxx \
-  HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
-  $PIP install --no-build-isolation --no-binary h5py "firedrake[check]==$FIREDRAKE_VERSION" \
-  "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
+if [ -n "$H5PY_PID" ]; then
+  t=$(date +%s)
+  if wait "$H5PY_PID"; then
+    printf '[setup] %-12s ok (waited %ds)\n' h5py-wheel $(( $(date +%s) - t ))
+  else  # not fatal: the firedrake step then builds h5py itself, as before
+    printf '[setup] %-12s failed (see %s); Firedrake builds h5py itself\n' h5py-wheel \
+      "$LOGDIR/h5py-wheel.log" >&2
+    rm -rf "$H5PY_WHEELS.part"
+  fi
+fi
+install_firedrake() {
+  local h5py=(--no-binary h5py "h5py==$H5PY_VERSION")  # built here, as before
+  if ls "$H5PY_WHEELS"/h5py-*.whl >/dev/null 2>&1; then
+    h5py=("$H5PY_WHEELS"/h5py-*.whl)  # the MPI wheel built in the background
+  fi
+  env HDF5_MPI=ON CC=mpicc CXX=mpicxx HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
+    $PIP install --no-build-isolation "${h5py[@]}" "firedrake[check]==$FIREDRAKE_VERSION" \
+    "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
+}
+step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" install_firedrake
 # The project itself; re-run whenever its metadata changes.
 PROJ_HASH=$(cat setup.py pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 step project "$STAMPS/project-$PROJ_HASH" $PIP install --no-build-isolation \

@@ -203,6 +203,8 @@ class BenchConfig:
     seed: int = 0
     paper: list[dict[str, Any]] = field(default_factory=list)
     max_dofs: dict[str, int] = field(default_factory=dict)
+    #: Sizes per family (same order as ``families``; ``None``: ``sizes``).
+    family_sizes: list[list[int] | None] = field(default_factory=list)
 
 
 def parse_pc(spec: str, nprocs: int) -> tuple[str, dict[str, Any]]:
@@ -340,8 +342,9 @@ def run_bench(config: BenchConfig, comm=None) -> dict[str, Any]:
     comm = comm or PETSc.COMM_WORLD
     nprocs = comm.getSize()
     cases: list[dict[str, Any]] = []
-    for family, params in config.families:
-        for size in config.sizes:
+    for k, (family, params) in enumerate(config.families):
+        own = config.family_sizes[k] if k < len(config.family_sizes) else None
+        for size in own or config.sizes:
             problem = make_problem(family, size, seed=config.seed, comm=comm.tompi4py(),
                                    **params)
             dofs, nnz = problem.A.getSize()[0], global_nnz(problem.A)
@@ -472,6 +475,24 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fkey(case: Mapping[str, Any]) -> tuple[str, str]:
+    return case["family"], json.dumps(case["params"], sort_keys=True)
+
+
+def _family_tags(results: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """A short name per (family, params): the family, with the params where a family
+    appears with several (``poisson_dim3``), for plot labels and file names."""
+    keys = list(dict.fromkeys(_fkey(c) for c in results["cases"]))
+    tags = {}
+    for fam, params in keys:
+        if sum(1 for f, _ in keys if f == fam) == 1:
+            tags[(fam, params)] = fam
+        else:
+            p = json.loads(params)
+            tags[(fam, params)] = fam + "".join(f"_{k}{v}" for k, v in sorted(p.items()))
+    return tags
+
+
 def plot_histories(results: Mapping[str, Any], outdir: str) -> dict[str, list[str]]:
     """One PNG per (problem, ksp) with every PC's residual history; returns file -> labels."""
     import matplotlib
@@ -479,9 +500,10 @@ def plot_histories(results: Mapping[str, Any], outdir: str) -> dict[str, list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tags = _family_tags(results)
     groups: dict[tuple, list[dict]] = {}
     for c in results["cases"]:
-        groups.setdefault((c["family"], c["size"], c["ksp"]), []).append(c)
+        groups.setdefault((tags[_fkey(c)], c["size"], c["ksp"]), []).append(c)
     written: dict[str, list[str]] = {}
     for (family, size, ksp), rows in groups.items():
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -511,10 +533,11 @@ def plot_scaling(results: Mapping[str, Any], outdir: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tags = _family_tags(results)
     series: dict[tuple, list[tuple[int, int, float]]] = {}
     for c in results["cases"]:
         if c["status"] == "ok" and c["converged"]:
-            series.setdefault((c["family"], c["ksp"], c["pc"]), []).append(
+            series.setdefault((tags[_fkey(c)], c["ksp"], c["pc"]), []).append(
                 (c["dofs"], c["iterations"], c["total_time"]["min"] / c["dofs"]))
     series = {k: sorted(v) for k, v in series.items() if len(v) > 1}
     if not series:
@@ -561,8 +584,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from firedrake_problems.cli import parse_params
 
     base: dict[str, Any] = _load_config_file(args.config) if args.config else {}
-    families = base.get("families") or [[f, {}] for f in (args.family or ["poisson"])]
-    families = [(f[0], dict(f[1])) if isinstance(f, list) else (f, {}) for f in families]
+    # A suite's family is "name", [name, params] or [name, params, sizes].
+    raw = base.get("families") or [[f, {}] for f in (args.family or ["poisson"])]
+    families = [(f[0], dict(f[1])) if isinstance(f, list) else (f, {}) for f in raw]
+    family_sizes = [None if args.sizes or not isinstance(f, list) or len(f) < 3
+                    else [int(x) for x in f[2]] for f in raw]
     if args.param:
         families = [(f, {**p, **parse_params(args.param)}) for f, p in families]
     paper = base.get("paper", [])
@@ -577,6 +603,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_it=args.max_it if args.max_it is not None else base.get("max_it", 1000),
         repeat=args.repeat if args.repeat is not None else base.get("repeat", 3),
         max_dofs={str(k): int(v) for k, v in base.get("max_dofs", {}).items()},
+        family_sizes=family_sizes,
         seed=args.seed if args.seed is not None else base.get("seed", 0),
         paper=paper,
     )

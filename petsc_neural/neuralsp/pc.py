@@ -153,7 +153,10 @@ class NeuraLSP(SetupNetworkPC):
     Use::
 
         -ksp_type cg -pc_type python -pc_python_type petsc_neural.NeuraLSP
-        -pc_neural_model model.pt -pc_neuralsp_rank 48
+        [-pc_neural_model model.pt] [-pc_neuralsp_rank R]
+
+    Without ``-pc_neural_model`` the shipped local model is used
+    (``petsc_neural/models/neuralsp_local.pt``, see its README).
 
     Options ``-pc_neuralsp_``: ``basis`` (model|svd|local_svd), ``rank``,
     ``vectors``, ``sweeps``, ``omega``, ``smoother`` (jacobi|chebyshev),
@@ -200,6 +203,10 @@ class NeuraLSP(SetupNetworkPC):
             Option("max_aggregate", MAX_AGGREGATE, "largest aggregate (rows)", low=2),
             Option("seed", 0, "seed of the random start vectors"),
         ]
+
+    def default_model(self) -> str | None:
+        """The shipped local model (``petsc_neural/models/neuralsp_local.pt``)."""
+        return get_method("neuralsp").model_path()
 
     @property
     def needs_model(self) -> bool:

@@ -70,7 +70,7 @@ Options (prefix ``-[pc prefix]pc_npo_mg_``), besides the common
     Drop weights below ``f`` times the row's largest and renormalise
     (default 0.02: a sparser prolongator, cheaper coarse operators).
 ``-pc_npo_mg_smoother chebyshev|jacobi`` / ``-pc_npo_mg_smooth_its nu``
-    PCMG level smoother and its sweeps (defaults chebyshev, 2).
+    PCMG level smoother and its sweeps (defaults chebyshev, 3).
 ``-pc_npo_mg_seed s``
     Seed of the root priorities.
 
@@ -195,7 +195,7 @@ class NPOMultigrid(SetupNetworkPC):
                    low=0.0, high=1.0, open_high=True),
             Option("smoother", "chebyshev", "PCMG level smoother",
                    choices=("chebyshev", "jacobi")),
-            Option("smooth_its", 2, "smoother sweeps before and after the coarse correction",
+            Option("smooth_its", 3, "smoother sweeps before and after the coarse correction",
                    low=1),
             Option("seed", 0, "seed of the root priorities"),
         ]
