@@ -186,10 +186,12 @@ def tiny_model(tmp_path_factory):
                       sizes=[12], seeds=1, steps=30)
     levels = make_levels(cfg)
     net, hist = train_npo_mg(cfg, levels)
-    path = str(tmp_path_factory.mktemp("npo_mg") / "tiny.pt")
-    if MPI.COMM_WORLD.rank == 0:
+    comm = MPI.COMM_WORLD  # every rank reads the file rank 0 wrote (tmp dirs differ)
+    path = comm.bcast(str(tmp_path_factory.mktemp("npo_mg") / "tiny.pt") if comm.rank == 0
+                      else None)
+    if comm.rank == 0:
         export_model(net, path, cfg, hist)
-    MPI.COMM_WORLD.Barrier()
+    comm.Barrier()
     return path
 
 
