@@ -132,20 +132,29 @@ def candidate_tokens(G: sp.csr_matrix, root: np.ndarray, max_candidates: int = 8
     hop = np.concatenate([np.zeros(nc, np.int64), np.where(one, 1, 2)])
     strength = np.concatenate([np.ones(nc), s01])
     order = np.lexsort((cols, -strength, hop, rows))
-    rows, cols, hop, strength = rows[order], cols[order], hop[order], strength[order]
+    index, hops, strg = _padded_rows(rows[order], n, max_candidates, (cols[order], -1),
+                                     (hop[order], 0), (strength[order], 0.0))
+    return Candidates(index=index, hop=hops, strength=strg, roots=roots)
+
+
+def _padded_rows(rows: np.ndarray, n: int, width: int,
+                 *columns: tuple[np.ndarray, float]) -> list[np.ndarray]:
+    """Entries sorted by row (in the order wanted within a row) as ``(n, K)`` arrays.
+
+    At most ``width`` entries per row are kept; ``columns`` are ``(values,
+    padding)`` pairs, one array out per pair.
+    """
     counts = np.bincount(rows, minlength=n)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     slot = np.arange(rows.size) - start[rows]
-    keep = slot < max_candidates
-    K = int(min(max_candidates, counts.max() if n else 1)) or 1
-    index = np.full((n, K), -1, dtype=np.int64)
-    hops = np.zeros((n, K), dtype=np.int64)
-    strg = np.zeros((n, K), dtype=np.float64)
-    r, s = rows[keep], slot[keep]
-    index[r, s] = cols[keep]
-    hops[r, s] = hop[keep]
-    strg[r, s] = strength[keep]
-    return Candidates(index=index, hop=hops, strength=strg, roots=roots)
+    keep = slot < width
+    K = int(min(width, counts.max() if n and rows.size else 1)) or 1
+    out = []
+    for values, pad in columns:
+        a = np.full((n, K), pad, dtype=values.dtype)
+        a[rows[keep], slot[keep]] = values[keep]
+        out.append(a)
+    return out
 
 
 def token_graph(c: Candidates, max_neighbours: int = 24) -> np.ndarray:
@@ -160,15 +169,8 @@ def token_graph(c: Candidates, max_neighbours: int = 24) -> np.ndarray:
     # itself first (largest key), then by shared rows
     weight = C.data + np.where(C.row == C.col, np.inf, 0.0)
     order = np.lexsort((C.col, -weight, C.row))
-    rows, cols = C.row[order], C.col[order]
-    counts = np.bincount(rows, minlength=nc)
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(rows.size) - start[rows]
-    keep = slot < max_neighbours
-    Kc = int(min(max_neighbours, counts.max() if nc else 1)) or 1
-    out = np.full((nc, Kc), -1, dtype=np.int64)
-    out[rows[keep], slot[keep]] = cols[keep]
-    return out
+    return _padded_rows(C.row[order], nc, max_neighbours,
+                        (C.col[order].astype(np.int64), -1))[0]
 
 
 def nearest_weights(c: Candidates) -> np.ndarray:

@@ -131,7 +131,7 @@ from ..coarse import (
     two_level_mg,
 )
 from ..coarse.aggregation import MAX_AGGREGATE
-from ..registry import get_method
+from ..registry import ShippedModel, get_method
 
 __all__ = ["NeuraLSP", "GLOBAL_INPUTS", "LOCAL_INPUTS", "CITATION"]
 
@@ -147,7 +147,7 @@ CITATION = """@article{neuralsp2025,
 """
 
 
-class NeuraLSP(SetupNetworkPC):
+class NeuraLSP(ShippedModel, SetupNetworkPC):
     """NeuraLSP two-level preconditioner: learned coarse space, PETSc PCMG apply.
 
     Use::
@@ -170,6 +170,7 @@ class NeuraLSP(SetupNetworkPC):
     method_prefix = get_method("neuralsp").prefix
     inner_prefix = "neuralsp_"
     citation = CITATION
+    model_option = ("basis", "model")  # svd and local_svd need no model
 
     def __init__(self) -> None:
         super().__init__()
@@ -203,14 +204,6 @@ class NeuraLSP(SetupNetworkPC):
             Option("max_aggregate", MAX_AGGREGATE, "largest aggregate (rows)", low=2),
             Option("seed", 0, "seed of the random start vectors"),
         ]
-
-    def default_model(self) -> str | None:
-        """The shipped local model (``petsc_neural/models/neuralsp_local.pt``)."""
-        return get_method("neuralsp").model_path()
-
-    @property
-    def needs_model(self) -> bool:
-        return self.opts.get("basis", "model") == "model"
 
     def check_model(self, pc: PETSc.PC, P: PETSc.Mat) -> None:
         super().check_model(pc, P)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..npo.network import CoarseAttention
 from .features import N_EDGE, N_NODE
 
 __all__ = ["TransferConfig", "AttentionTransfer", "masked_softmax", "level_inputs", "csr_tensor",
@@ -78,22 +79,9 @@ class GraphLayer(nn.Module):
         return h + self.lin2(torch.relu(self.lin1(torch.cat([h, ah], dim=1))))
 
 
-class TokenAttention(nn.Module):
-    """Pre-norm multi-head self-attention and MLP over padded token neighbourhoods (eqs. 13-14)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(width)
-        self.q = nn.Linear(width, width)
-        self.k = nn.Linear(width, width)
-        self.v = nn.Linear(width, width)
-        self.o = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp1 = nn.Linear(width, 2 * width)
-        self.mlp2 = nn.Linear(2 * width, width)
+class TokenAttention(CoarseAttention):
+    """NPO's coarse attention (eqs. 13-14, the same layers as
+    :class:`~petsc_neural.npo.network.CoarseAttention`) over padded token neighbourhoods."""
 
     def forward(self, x: Tensor, nbr: Tensor) -> Tensor:
         m, c = x.shape

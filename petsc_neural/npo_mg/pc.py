@@ -102,7 +102,7 @@ from ..coarse import aij_operator, mg_hierarchy
 from ..coarse.prolongation import jacobi_omega, smooth_prolongator, token_prolongator
 from ..coarse.roots import nearest_weights
 from ..npo.pc import CITATION
-from ..registry import get_method
+from ..registry import ShippedModel, get_method
 from .features import FEATURES, coarsen, csr_row_statistics, level_graph
 from .network import INPUTS, level_inputs
 
@@ -155,7 +155,7 @@ def drop_small(W: np.ndarray, fraction: float) -> np.ndarray:
     return W / np.where(s > 0, s, 1.0)
 
 
-class NPOMultigrid(SetupNetworkPC):
+class NPOMultigrid(ShippedModel, SetupNetworkPC):
     """NPO's attention operator building a PCMG hierarchy at setup (see the module docstring).
 
     Options ``-pc_npo_mg_``: ``weights`` (model|nearest), ``network_levels``,
@@ -170,6 +170,7 @@ class NPOMultigrid(SetupNetworkPC):
     method_prefix = get_method("npo_mg").prefix
     inner_prefix = "npo_mg_"
     citation = CITATION
+    model_option = ("weights", "model")
 
     def __init__(self) -> None:
         super().__init__()
@@ -199,13 +200,6 @@ class NPOMultigrid(SetupNetworkPC):
                    low=1),
             Option("seed", 0, "seed of the root priorities"),
         ]
-
-    def default_model(self) -> str | None:
-        return get_method("npo_mg").model_path()
-
-    @property
-    def needs_model(self) -> bool:
-        return self.opts.get("weights", "model") == "model"
 
     def check_model(self, pc: PETSc.PC, P: PETSc.Mat) -> None:
         super().check_model(pc, P)

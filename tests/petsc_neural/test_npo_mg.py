@@ -250,7 +250,9 @@ def test_shipped_model_loads_and_preconditions():
     m = load_model(path, method="npo_mg")
     assert m.metadata.linear and m.metadata.block_size == 1
     p = make_problem("poisson", 24, seed=7, dim=2, mesh="jittered")
-    its, levels = _solve(p, {})  # no options: the shipped model
-    assert its <= 15 and levels[0]["weights"] == "network"
+    # no model option: the shipped model (a small coarse size, so that 625 rows get two levels)
+    its, levels = _solve(p, {"pc_npo_mg_coarse_size": 60})
+    assert len(levels) >= 2 and levels[0]["weights"] == "network"
+    assert its <= 15, its
     A = to_scipy(p.A)
     assert levels[0]["rows"] == A.shape[0]
