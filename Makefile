@@ -11,7 +11,7 @@ export OMPI_MCA_rmaps_base_oversubscribe := 1
 export OMP_NUM_THREADS := 1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test lint clean-venv docker docker-test
 setup:
 	@bash scripts/setup_env.sh
 
@@ -27,3 +27,11 @@ lint: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The image (docker/Dockerfile, built by docker/build.sh: see the README's "Docker
+# and batch jobs"); needs a running docker daemon, no image registry.
+docker:
+	@bash docker/build.sh
+
+docker-test: docker
+	@bash docker/test.sh

@@ -4,7 +4,9 @@ Every family builder returns a :class:`Problem` (operator, right-hand side,
 node coordinates, block size, near-nullspace, mesh/space, metadata) that is
 deterministic for a given seed and the same on any number of MPI ranks.
 This package depends on Firedrake, petsc4py, numpy/scipy/h5py/matplotlib/gmsh
-only (never on torch or ``petsc_neural``).
+only (never on torch or ``petsc_neural``).  The finite-difference families
+(:mod:`firedrake_problems.fd`: ``fd_cdr``, ``fd_rotated``) are assembled with
+a PETSc DMDA and never import Firedrake.
 
 >>> from firedrake_problems import make_problem
 >>> p = make_problem("poisson", 32, seed=0, dim=2)
@@ -33,6 +35,9 @@ __all__ = [
     "elasticity",
     "cdr",
     "mixed_3d1d",
+    "fd_cdr",
+    "fd_rotated",
+    "FDProblem",
 ]
 
 _WHERE = {
@@ -47,11 +52,15 @@ _WHERE = {
     "cdr": ".scalar",
     "elasticity": ".elasticity",
     "mixed_3d1d": ".mixed_3d1d",
+    "fd_cdr": ".fd",
+    "fd_rotated": ".fd",
+    "FDProblem": ".fd",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers and IDEs
     from .core import Problem
     from .elasticity import elasticity
+    from .fd import FDProblem, fd_cdr, fd_rotated
     from .mixed_3d1d import mixed_3d1d
     from .registry import DEFAULT_SIZES, FAMILIES, make_problem
     from .scalar import anisotropic, cdr, diffusion, poisson, screened_poisson

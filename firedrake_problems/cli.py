@@ -46,6 +46,11 @@ TABLE_CASES: list[tuple[str, str, dict, tuple[int, int, int]]] = [
     ("cdr 2D convection", "cdr", {"dim": 2, "regime": "convection"}, (32, 64, 128)),
     ("cdr 2D reaction", "cdr", {"dim": 2, "regime": "reaction"}, (32, 64, 128)),
     ("mixed_3d1d", "mixed_3d1d", {}, (8, 12, 16)),
+    ("FD 1D convection (upwind)", "fd_cdr", {"dim": 1, "regime": "convection"}, (256, 1024, 2048)),
+    ("FD 1D reaction", "fd_cdr", {"dim": 1, "regime": "reaction"}, (256, 1024, 2048)),
+    ("FD 2D convection (upwind)", "fd_cdr", {"dim": 2, "regime": "convection"}, (32, 64, 128)),
+    ("FD 2D reaction", "fd_cdr", {"dim": 2, "regime": "reaction"}, (32, 64, 128)),
+    ("FD rotated Laplacian", "fd_rotated", {"theta": 0.5}, (32, 64, 98)),
 ]
 
 
@@ -108,7 +113,10 @@ def _cmd_show(args) -> int:
     problem = make_problem(args.family, size, args.seed, **params)
     x, ksp, seconds, kind = _solve_baseline(problem)
     out = args.out or f"{args.family}.png"
-    plot_problem(problem, x, out)
+    if hasattr(problem, "dm"):  # a finite-difference (DMDA) family: no mesh to draw
+        problem.plot(x, out)
+    else:
+        plot_problem(problem, x, out)
     md = problem.metadata
     sys.stdout.write(
         f"{args.family}: {md['dofs']} dofs, {md['nnz']} nnz, assembly {md['assembly_time']:.3f}s, "
@@ -204,6 +212,8 @@ FAMILY_NAMES: tuple[str, ...] = (
     "elasticity",
     "cdr",
     "mixed_3d1d",
+    "fd_cdr",
+    "fd_rotated",
 )
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import firedrake as fd
 import numpy as np
 import ufl
 from firedrake.petsc import PETSc
+
+from .petsc_util import SolveMixin, flatten_options, global_nnz
 
 __all__ = [
     "Problem",
@@ -23,28 +23,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("petsc_neural.problems")
-
-_prefix_counter = itertools.count()
-
-
-def flatten_options(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a (possibly nested, Firedrake-style) solver-parameter dict.
-
-    ``{"fieldsplit_0": {"ksp_type": "cg"}}`` becomes ``{"fieldsplit_0_ksp_type": "cg"}``.
-    """
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_options(value, prefix=f"{name}_"))
-        else:
-            out[name] = value
-    return out
-
-
-def global_nnz(A: PETSc.Mat) -> int:
-    """Number of stored nonzeros of ``A`` summed over all ranks."""
-    return int(A.getInfo(PETSc.Mat.InfoType.GLOBAL_SUM)["nz_used"])
 
 
 def node_coordinates(V) -> np.ndarray:
@@ -75,7 +53,7 @@ def tdim(mesh) -> int:
 
 
 @dataclass
-class Problem:
+class Problem(SolveMixin):
     """One assembled linear problem ``A x = b`` of a PDE family.
 
     ``A`` and ``b`` live on the problem's communicator; Dirichlet rows are as
@@ -102,52 +80,6 @@ class Problem:
     @property
     def comm(self):
         return self.A.getComm().tompi4py()
-
-    def make_ksp(self, solver_parameters: Mapping[str, Any]) -> PETSc.KSP:
-        """A set-up PETSc KSP on ``A`` configured by ``solver_parameters``.
-
-        The options go into the PETSc options database under a unique prefix
-        and are removed again once the KSP (and its sub-solvers) are set up,
-        so concurrent problems do not interfere.  Coordinates are passed to
-        the PC (GAMG and coordinate-aware PCs use them); for a ``fieldsplit``
-        PC the problem's ``fields`` are set.
-        """
-        prefix = f"fdp{next(_prefix_counter)}_"
-        opts = PETSc.Options()
-        flat = flatten_options(solver_parameters)
-        for key, value in flat.items():
-            opts[prefix + key] = value
-        try:
-            ksp = PETSc.KSP().create(comm=self.A.getComm())
-            ksp.setOptionsPrefix(prefix)
-            ksp.setOperators(self.A)
-            ksp.setFromOptions()
-            pc = ksp.getPC()
-            if pc.getType() == PETSc.PC.Type.FIELDSPLIT and self.fields:
-                pc.setFieldSplitIS(*self.fields.items())
-            pc.setCoordinates(self.coordinates)
-            ksp.setUp()
-        finally:
-            for key in flat:
-                opts.delValue(prefix + key)
-        return ksp
-
-    def solve(
-        self, solver_parameters: Mapping[str, Any], x: PETSc.Vec | None = None
-    ) -> tuple[PETSc.Vec, PETSc.KSP]:
-        """Solve ``A x = b`` with a plain PETSc KSP (see :meth:`make_ksp`).
-
-        ``x`` is the initial guess (zero if omitted; then a new Vec is made).
-        Returns the solution and the KSP (for iteration counts, reasons).
-        """
-        ksp = self.make_ksp(solver_parameters)
-        if x is None:
-            x = self.A.createVecRight()
-            x.set(0.0)
-        else:
-            ksp.setInitialGuessNonzero(True)
-        ksp.solve(self.b, x)
-        return x, ksp
 
     def to_function(self, x: PETSc.Vec):
         """The Firedrake Function with dof values ``x`` (a tuple for block problems)."""

@@ -31,8 +31,9 @@ side removed), the blocks are
 
 delivered as ONE PETSc AIJ matrix (converted from a MATNEST: rows are, on
 each rank, its 3D dofs then its 1D dofs).  ``Problem.fields`` holds the two
-index sets ("3d", "1d") for PCFIELDSPLIT; ``metadata["blocks"]`` records
-their global sizes.
+index sets ("3d", "1d") for PCFIELDSPLIT (the 3D one is also composed on
+``A`` as ``"petsc_neural_field_3d"``); ``metadata["blocks"]`` records their
+global sizes.
 
 Networks (``network="random"``): a random binary tree grown from a root near
 the bottom of the cube, ``generations`` levels, segment lengths and branching
@@ -379,6 +380,9 @@ def mixed_3d1d(
     is3, is1 = (iset.duplicate() for iset in nest.getNestISs()[0])
     A = nest.convert("aij", out=PETSc.Mat())
     A.assemble()
+    # The 3D rows travel with the matrix, for PCs that take the tissue grid from the
+    # whole coupled operator (petsc_neural.KrylovUNet reads this key).
+    A.compose("petsc_neural_field_3d", is3)
     # Right-hand side in the same (per-rank 3D then 1D) ordering.
     b = A.createVecLeft()
     b.setArray(np.concatenate([b3.getArray(readonly=True), b1.getArray(readonly=True)]))

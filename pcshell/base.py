@@ -379,7 +379,8 @@ class ModelPC(PCBase):
         fb.setUp()
         return fb
 
-    def activate_fallback(self, pc: PETSc.PC, reason: str) -> None:
+    def activate_fallback(self, pc: PETSc.PC, reason: str,
+                          until: str = "until the next setup") -> None:
         """Switch to the fallback PC (every rank calls this, with the same reason)."""
         if self.fallback is None:
             self.fallback = self.make_fallback(pc)
@@ -387,7 +388,7 @@ class ModelPC(PCBase):
         if self.fallback_reason is None:
             self.fallback_reason = f"{reason} (at apply {self._applies})"
             self.warn(pc, f"{type(self).__name__}: {reason}; switching to -{self._prefix}"
-                          f"fallback_pc_type {self.fallback.getType()} until the next setup")
+                          f"fallback_pc_type {self.fallback.getType()} {until}")
 
     def warn(self, pc: PETSc.PC, message: str, key: str | None = None) -> None:
         """A warning on stderr (rank 0), once per ``key`` until the next solve."""

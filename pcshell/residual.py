@@ -280,7 +280,8 @@ class ResidualNetworkPC(ModelPC):
                 self._fallback_this_solve = True
                 self.activate_fallback(pc, f"the residual fell by less than "
                                            f"{self.opts['stagnation_factor']} over "
-                                           f"{self.opts['stagnation']} iterations")
+                                           f"{self.opts['stagnation']} iterations",
+                                       until="for the rest of this solve")
             if self.fallback_reason is not None:
                 self.fallback.apply(x, y)
                 return
@@ -375,23 +376,27 @@ class ResidualNetworkPC(ModelPC):
         batch = getattr(self.model.module, "forward_batch", None)
         if batch is None or self.fallback_reason is not None or self._cuda:
             for j in range(X.getSize()[1]):
-                xj, yj = X.getColumnVector(j), Y.getColumnVector(j)
+                xj = X.getDenseColumnVec(j, "r")
+                yj = Y.getDenseColumnVec(j, "w")
                 self.apply(pc, xj, yj)
-                X.restoreColumnVector(j, xj)
-                Y.restoreColumnVector(j, yj)
+                X.restoreDenseColumnVec(j, "r", xj)
+                Y.restoreDenseColumnVec(j, "w", yj)
             return
         with log_event("PCNeuralApply"):
             self._applies += 1
-            R = torch.from_numpy(X.getDenseArray(readonly=True)).to(self.dtype)
+            R = torch.from_numpy(X.getDenseArray(readonly=True).copy()).to(self.dtype)
             scale = torch.ones(R.shape[1], dtype=self.dtype)
+            zero = torch.zeros(R.shape[1], dtype=torch.bool)
             if self._scale:
-                scale = torch.linalg.vector_norm(R, dim=0)
-                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                norms = torch.linalg.vector_norm(R, dim=0)
+                zero = norms == 0  # zero in, zero out, as in apply
+                scale = torch.where(zero, torch.ones_like(norms), norms)
             Z, error = None, None
             if R.shape[0]:
                 try:
                     with log_event("PCNeuralInfer"), torch.inference_mode():
                         Z = batch(R / scale, *self._static) * scale
+                        Z[:, zero] = 0.0
                 except Exception as exc:  # noqa: BLE001
                     error = exc
             ok = error is None and (Z is None or bool(torch.isfinite(Z).all()))

@@ -115,6 +115,39 @@ METHODS: dict[str, MethodSpec] = {
             models={"diffusion": "neuralsp_local.pt"},  # the local variant
             default_model="diffusion",
         ),
+        MethodSpec(
+            name="algebraformer",
+            title="Algebraformer: a transformer solving small dense systems (block solver)",
+            seed="004",
+            pc="petsc_neural.algebraformer.pc:Algebraformer",
+            prefix="pc_algebraformer_",
+            trainer="petsc_neural.algebraformer.train",
+            models={"diffusion": "algebraformer_diffusion.pt",
+                    "newton": "algebraformer_newton.pt"},
+            default_model="diffusion",
+        ),
+        MethodSpec(
+            name="krylov_unet",
+            title="KrylovUNet: 3D U-Net trained through a differentiable FGMRES on Krylov angles",
+            seed="002",
+            pc="petsc_neural.krylov_unet.pc:KrylovUNet",
+            prefix="pc_kunet_",
+            trainer="petsc_neural.krylov_unet.train",
+            models={"mixed_3d1d": "krylov_unet_mixed3d1d.pt"},
+            default_model="mixed_3d1d",
+        ),
+        MethodSpec(
+            name="green",
+            title="GreenInverse: learned Green's function as a sparse / H-matrix approximate "
+                  "inverse",
+            seed="003",
+            pc="petsc_neural.green.pc:GreenInverse",
+            prefix="pc_green_",
+            trainer="petsc_neural.green.train",
+            models={"convection1d": "green_convection1d.pt", "reaction1d": "green_reaction1d.pt",
+                    "convection2d": "green_convection2d.pt", "reaction2d": "green_reaction2d.pt",
+                    "rotated": "green_rotated.pt"},
+        ),
     )
 }
 

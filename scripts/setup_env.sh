@@ -14,14 +14,14 @@ PETSC_VERSION=3.26.0
 PETSC4PY_VERSION=3.26.0
 TORCH_VERSION=2.13.0
 FIREDRAKE_VERSION=2026.10.0
-H5PY_VERSION=3.16.0  # what Firedrake 2026.10.0 resolves to; built once with MPI
 PETSC_ARCH=arch-petsc-neural
 VENV=${PETSC_NEURAL_VENV:-$ROOT/.venv}
 CACHE=${PETSC_NEURAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/petsc-neural}
 LOGDIR=$ROOT/.setup-logs
 mkdir -p "$CACHE" "$LOGDIR"
 
-APT_PACKAGES="bison flex gfortran ninja-build pkg-config cmake zlib1g-dev libopenmpi-dev
+APT_PACKAGES="python3-dev python3-venv python3-pip build-essential ca-certificates
+bison flex gfortran ninja-build pkg-config cmake zlib1g-dev libopenmpi-dev
 openmpi-bin libhdf5-mpi-dev libmumps-ptscotch-dev libmetis-dev libopenblas-dev
 libptscotch-dev libscalapack-openmpi-dev libsuitesparse-dev libsuperlu-dev
 libsuperlu-dist-dev libhwloc-dev
@@ -46,6 +46,10 @@ PETSC_CONFIGURE_OPTS=(
   --with-scalapack-lib=-lscalapack-openmpi
   --with-suitesparse --with-superlu_dist --with-zlib
 )
+# Extra configure options, e.g. the CUDA image's "--with-cuda=1 --with-cuda-dir=...";
+# they are part of the hash, so a CUDA build gets its own PETSC_DIR.
+read -r -a PETSC_EXTRA <<<"${PETSC_NEURAL_PETSC_CONFIGURE_EXTRA:-}"
+PETSC_CONFIGURE_OPTS+=("${PETSC_EXTRA[@]}")
 PETSC_HASH=$(printf '%s\n' "$PETSC_VERSION" "${PETSC_CONFIGURE_OPTS[@]}" | sha256sum | cut -c1-12)
 PETSC_DIR=$CACHE/petsc-$PETSC_VERSION-$PETSC_HASH
 export PETSC_DIR PETSC_ARCH
@@ -58,11 +62,22 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 T0=$(date +%s)
 step() {  # step NAME STAMP COMMAND...  (runs COMMAND unless STAMP exists)
   local name=$1 stamp=$2; shift 2
-  local t=$(date +%s) log=$LOGDIR/$name.log
   if [ -n "$stamp" ] && [ -e "$stamp" ]; then
     printf '[setup] %-12s done already (0s)\n' "$name"
-    return 0
+  else
+    run_step "$name" "$stamp" "$@"
   fi
+  # PETSC_NEURAL_SETUP_STOP_AFTER=STEP ends the setup after STEP (the Docker image
+  # builds the expensive steps as separate layers).
+  if [ "${PETSC_NEURAL_SETUP_STOP_AFTER:-}" = "$name" ]; then
+    printf '[setup] stopping after %s (PETSC_NEURAL_SETUP_STOP_AFTER) in %ds\n' "$name" \
+      $(( $(date +%s) - T0 ))
+    exit 0
+  fi
+}
+run_step() {
+  local name=$1 stamp=$2; shift 2
+  local t=$(date +%s) log=$LOGDIR/$name.log
   printf '[setup] %-12s running (log: %s)\n' "$name" "${log#$ROOT/}"
   # A subshell outside any `if`, so `set -e` holds inside the step's functions.
   local rc=0
@@ -132,44 +147,13 @@ step venv "$STAMPS/venv" venv_create
 # torch first and pinned, so nothing later can pull a CUDA build.
 step torch "$STAMPS/torch-$TORCH_VERSION" $PIP install "torch==$TORCH_VERSION"
 step mpi4py "$STAMPS/mpi4py" $PIP install setuptools wheel cython pkgconfig numpy mpi4py
-step fd-reqs "$STAMPS/firedrake-build-reqs" $PIP install "${FIREDRAKE_BUILD_REQS[@]}"
-# h5py (MPI build, from source) needs mpi4py but not PETSc: its wheel compiles on the
-# second core while petsc4py's single-threaded build runs (both take minutes).  It is
-# only built into a wheel directory (nothing is installed while petsc4py installs), and
-# only when Firedrake is not installed yet.
-H5PY_WHEELS=$CACHE/wheels/h5py-$H5PY_VERSION
-H5PY_PID=""
-if [ ! -e "$STAMPS/firedrake-$FIREDRAKE_VERSION" ] && ! ls "$H5PY_WHEELS"/h5py-*.whl >/dev/null 2>&1; then
-  printf '[setup] %-12s running in the background (log: %s)\n' h5py-wheel \
-    "${LOGDIR#$ROOT/}/h5py-wheel.log"
-  ( env HDF5_MPI=ON CC=mpicc HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
-      $PIP wheel --no-deps --no-build-isolation --no-binary h5py "h5py==$H5PY_VERSION" \
-      -w "$H5PY_WHEELS.part" && mv "$H5PY_WHEELS.part" "$H5PY_WHEELS" ) \
-    >"$LOGDIR/h5py-wheel.log" 2>&1 &
-  H5PY_PID=$!
-fi
 step petsc4py "$STAMPS/petsc4py-$PETSC4PY_VERSION-$PETSC_HASH" \
   $PIP install --no-build-isolation "petsc4py==$PETSC4PY_VERSION"
-if [ -n "$H5PY_PID" ]; then
-  t=$(date +%s)
-  if wait "$H5PY_PID"; then
-    printf '[setup] %-12s ok (waited %ds)\n' h5py-wheel $(( $(date +%s) - t ))
-  else  # not fatal: the firedrake step then builds h5py itself, as before
-    printf '[setup] %-12s failed (see %s); Firedrake builds h5py itself\n' h5py-wheel \
-      "$LOGDIR/h5py-wheel.log" >&2
-    rm -rf "$H5PY_WHEELS.part"
-  fi
-fi
-install_firedrake() {
-  local h5py=(--no-binary h5py "h5py==$H5PY_VERSION")  # built here, as before
-  if ls "$H5PY_WHEELS"/h5py-*.whl >/dev/null 2>&1; then
-    h5py=("$H5PY_WHEELS"/h5py-*.whl)  # the MPI wheel built in the background
-  fi
-  env HDF5_MPI=ON CC=mpicc CXX=mpicxx HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
-    $PIP install --no-build-isolation "${h5py[@]}" "firedrake[check]==$FIREDRAKE_VERSION" \
-    "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
-}
-step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" install_firedrake
+step fd-reqs "$STAMPS/firedrake-build-reqs" $PIP install "${FIREDRAKE_BUILD_REQS[@]}"
+step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" env HDF5_MPI=ON CC=mpicc CXX=mpicxx \
+  HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
+  $PIP install --no-build-isolation --no-binary h5py "firedrake[check]==$FIREDRAKE_VERSION" \
+  "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
 # The project itself; re-run whenever its metadata changes.
 PROJ_HASH=$(cat setup.py pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 step project "$STAMPS/project-$PROJ_HASH" $PIP install --no-build-isolation \

@@ -1,8 +1,9 @@
 """The classical baselines, defined once: PETSc PC options, tuned GAMG, and PyAMG.
 
 - :data:`CLASSICAL`: name -> PETSc options for ``nprocs`` ranks (``none``,
-  ``jacobi``, ``sor``, ``ilu``/``icc`` (block Jacobi in parallel), ``asm``,
-  ``gamg0`` (PETSc's defaults), ``lu`` (MUMPS in parallel), ``pyamg``);
+  ``jacobi``, ``sor``, ``ilu``/``icc``/``iluk`` (ILU(2); block Jacobi in
+  parallel), ``asm``, ``gamg0`` (PETSc's defaults), ``mg`` (geometric, on a
+  DMDA), ``lu`` (MUMPS in parallel), ``pyamg``);
 - :data:`GAMG_TUNING_GRID` and :func:`best_gamg`: GAMG tuned per problem in the
   same run (the fastest of a grid of settings by a caller's timing);
 - :class:`PyAMGPC`: PyAMG smoothed aggregation as a PETSc python PC.
@@ -93,11 +94,20 @@ CLASSICAL: dict[str, Callable[[int], dict[str, Any]]] = {
     "jacobi": lambda n: {"pc_type": "jacobi"},
     "sor": lambda n: {"pc_type": "sor"},
     "ilu": _local("ilu", "ilu"),
+    # ILU(2): two levels of fill
+    "iluk": lambda n: ({"pc_type": "bjacobi", "sub_pc_type": "ilu", "sub_pc_factor_levels": 2}
+                       if n > 1 else {"pc_type": "ilu", "pc_factor_levels": 2}),
     "icc": _local("icc", "icc"),
     "asm": lambda n: {"pc_type": "asm", "sub_pc_type": "ilu"},
     "gamg0": lambda n: {"pc_type": "gamg"},
     "gamg": lambda n: gamg_options(0.0, 1),  # replaced by the tuned setting per problem
     "lu": lambda n: {"pc_type": "lu", "pc_factor_mat_solver_type": "mumps" if n > 1 else "petsc"},
+    # PETSc's geometric multigrid on the problem's DMDA (the KSP needs the DM, see
+    # firedrake_problems.fd; the caller adds -pc_mg_levels), Galerkin coarse operators,
+    # SOR smoothing (robust for upwinded convection, unlike Jacobi)
+    "mg": lambda n: {"pc_type": "mg", "pc_mg_galerkin": "pmat",
+                     "mg_levels_ksp_type": "richardson", "mg_levels_pc_type": "sor",
+                     "mg_coarse_pc_type": "lu" if n == 1 else "redundant"},
     "pyamg": lambda n: {"pc_type": "python",
                         "pc_python_type": "petsc_neural.bench.baselines.PyAMGPC"},
 }

@@ -206,7 +206,7 @@ def test_old_format_is_refused_with_a_reason():
 _SCRIPT = textwrap.dedent("""
     import sys, torch
     from petsc4py import PETSc
-    sys.path.insert(0, {helpers!r})
+    sys.path[:0] = [{helpers!r}, {helpers!r} + '/..']
     from pcshell_helpers import laplacian, neural_ksp, rhs, save
     class Cubic(torch.nn.Module):
         def forward(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -314,7 +314,7 @@ def test_help_lists_every_option(tmp_path, jacobi_model):
     helpers = os.path.dirname(os.path.abspath(__file__))
     script.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {helpers!r})
+        sys.path[:0] = [{helpers!r}, {helpers!r} + '/..']
         import petsc4py
         petsc4py.init(["-help"])
         from pcshell_helpers import laplacian, neural_ksp
@@ -326,3 +326,42 @@ def test_help_lists_every_option(tmp_path, jacobi_model):
     for name in ("model", "device", "dtype", "on_failure", "fallback_pc_type", "warnings",
                  "scale", "allow_nonflexible", "check_residual", "stagnation"):
         assert f"-t_pc_neural_{name} <" in out.stdout, name
+
+
+# ----------------------------------------------------------------- many right-hand sides
+class BatchedJacobi(torch.nn.Module):
+    """Nonlinear, and not zero at zero (a bias): the PC must still map 0 to 0."""
+
+    def forward(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        z = r / d
+        return z + 0.5 * z * z * z + 0.01
+
+    @torch.jit.export
+    def forward_batch(self, R: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        Z = R / d.unsqueeze(1)
+        return Z + 0.5 * Z * Z * Z + 0.01
+
+
+@pytest.mark.parametrize("model_cls", [BatchedJacobi, Cubic])
+def test_mat_apply_equals_column_by_column_apply(tmp_path, model_cls):
+    """PCMatApply: one batched call (forward_batch) or a loop, the same as apply per column."""
+    A = laplacian(6)
+    ksp = neural_ksp(A, save(model_cls(), tmp_path / "m.pt"), "fgmres")
+    ksp.setUp()
+    pc = ksp.getPC()
+    n = A.getSize()[0]
+    rng = np.random.default_rng(4)
+    X = PETSc.Mat().createDense((n, 3), comm=PETSc.COMM_SELF)
+    X.setUp()
+    X.getDenseArray()[:] = rng.standard_normal((n, 3)) * np.array([1.0, 1e3, 0.0])
+    X.assemble()
+    Y = X.duplicate()
+    pc.matApply(X, Y)
+    for j in range(3):
+        x = A.createVecLeft()
+        x.setArray(X.getDenseArray()[:, j].copy())
+        y = x.duplicate()
+        pc.apply(x, y)
+        np.testing.assert_allclose(Y.getDenseArray()[:, j], y.getArray(), rtol=1e-12,
+                                   atol=1e-300)
+    assert np.all(Y.getDenseArray()[:, 2] == 0.0)  # the zero column

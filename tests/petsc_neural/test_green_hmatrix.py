@@ -1,0 +1,87 @@
+"""The hand-written H-matrix: cluster tree, admissibility, accuracy, O(n log n) storage."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from firedrake_problems.fd import grid_points
+from petsc_neural.green.hmatrix import ClusterTree, HMatrix, block_partition, rank_rule
+
+
+def log_kernel(X):
+    def k(r, c):
+        d = np.linalg.norm(X[r] - X[c], axis=1)
+        return -np.log(d + 1e-3) * (1 + X[r][:, 0] ** 2)
+    return k
+
+
+@pytest.mark.parametrize("dim, N, leaf", [(1, 100, 8), (2, 13, 10)])
+def test_tree_partitions_the_points_and_blocks_cover_the_matrix(dim, N, leaf):
+    X = grid_points(N, dim)
+    t = ClusterTree(X, leaf)
+    assert sorted(t.perm) == list(range(len(X)))
+    for node in range(t.n_nodes):
+        pts = X[t.perm[t.start[node]:t.end[node]]]
+        assert np.all(pts >= t.lo[node] - 1e-12) and np.all(pts <= t.hi[node] + 1e-12)
+        if t.is_leaf(node):
+            assert t.size(node) <= leaf
+        else:
+            assert sum(t.size(c) for c in t.children[node]) == t.size(node)
+            assert len(t.children[node]) <= 2**dim
+    blocks = block_partition(t, 0.7)
+    cover = np.zeros((len(X), len(X)), dtype=int)
+    for b in blocks:
+        cover[t.start[b.row]:t.end[b.row], t.start[b.col]:t.end[b.col]] += 1
+        if b.low_rank:  # admissible: max diam <= eta dist, so never touching the diagonal
+            assert max(t.diam(b.row), t.diam(b.col)) <= 0.7 * t.dist(b.row, b.col)
+    assert np.all(cover == 1)
+
+
+def test_matvec_and_entries_against_dense():
+    X = grid_points(20, 2)
+    n = len(X)
+    k = log_kernel(X)
+    H = HMatrix.build(X, k, leaf=16, eta=0.7, k_base=8, dtype=torch.float64)
+    r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    K = k(r.ravel(), c.ravel()).reshape(n, n)
+    v = np.random.default_rng(0).standard_normal(n)
+    assert np.linalg.norm(H.matvec(v).numpy() - K @ v) / np.linalg.norm(K @ v) < 1e-4
+    rng = np.random.default_rng(1)
+    blk, a, cc, rows, cols = H.sample_admissible(rng, 200)
+    np.testing.assert_allclose(H.entries(blk, a, cc), K[rows, cols], rtol=1e-3, atol=1e-4)
+    st = H.stats()
+    assert st["blocks_low_rank"] > 0 and st["rank_max"] <= rank_rule(8, n, 16)
+
+
+def test_storage_grows_like_n_log_n():
+    # 1D, fixed rank: dense near field O(n leaf) plus O(n log n) low-rank entries
+    stored = []
+    sizes = (256, 1024, 4096)
+    for n in sizes:
+        X = grid_points(n, 1)
+        H = HMatrix.build(X, log_kernel(X), leaf=16, eta=1.0, k_base=2, grow_rank=False)
+        stored.append(H.stats()["entries"])
+    per = [s / (n * math.log2(n)) for s, n in zip(stored, sizes, strict=True)]
+    assert max(per) / min(per) < 1.3, per
+    dense_ratio = [s / n**2 for s, n in zip(stored, sizes, strict=True)]
+    # a fraction of n^2 that falls about 4 / (1 + 2 / log2 n) times per fourfold n
+    assert dense_ratio[1] < dense_ratio[0] / 2.5 and dense_ratio[2] < dense_ratio[1] / 2.5
+
+
+def test_rank_rule():
+    assert rank_rule(10, 64, 64) == 10
+    assert rank_rule(20, 1024, 128) == math.ceil(20 * math.log(1024) / math.log(128))
+    assert rank_rule(1, 5000, 45, grow=False) == 1
+    assert rank_rule(20, 7, 128) == 7
+
+
+def test_distributed_blocks_sum_to_the_serial_product():
+    X = grid_points(16, 2)
+    k = log_kernel(X)
+    v = np.random.default_rng(2).standard_normal(len(X))
+    full = HMatrix.build(X, k, leaf=8, eta=0.7, k_base=4, dtype=torch.float64).matvec(v)
+    parts = [HMatrix.build(X, k, leaf=8, eta=0.7, k_base=4, rank=r, nparts=3,
+                           dtype=torch.float64).matvec(v) for r in range(3)]
+    np.testing.assert_allclose(sum(parts).numpy(), full.numpy(), rtol=1e-12, atol=1e-12)
