@@ -51,13 +51,15 @@ def load(out: str, nprocs: list[int]) -> dict[int, dict]:
     return res
 
 
-def summary(res: dict[int, dict]) -> str:
+def summary(res: dict[int, dict], config: str = SUITE) -> str:
     ns = sorted(res)
     first = res[ns[0]]
+    suite = os.path.relpath(os.path.abspath(config), ROOT)
+    opt = "" if os.path.abspath(config) == SUITE else f" --config {suite}"
     lines = [
         "# Scaling suite", "",
-        f"`python scripts/scaling_suite.py --nprocs {' '.join(map(str, ns))}` (suite "
-        "`benchmarks/suites/scaling_large.json`), machine "
+        f"`python scripts/scaling_suite.py --nprocs {' '.join(map(str, ns))}{opt}` (suite "
+        f"`{suite}`), machine "
         f"{first['machine'].get('node')} ({first['machine'].get('cpus')} cores, shared with "
         f"other jobs), PETSc {first['machine'].get('petsc')}; FGMRES, rtol "
         f"{first['config']['rtol']:g}, max_it {first['config']['max_it']}; times are the minimum "
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not res:
         sys.stderr.write(f"no results under {args.out}\n")
         return 1
-    text = summary(res)
+    text = summary(res, args.config)
     with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
         f.write(text)
     plot(res, os.path.join(args.out, "time_vs_dofs.png"))
