@@ -292,7 +292,8 @@ def part_ranks(args, out: dict) -> None:
 
 def _ranks_tables(r: dict) -> list[str]:
     ranks = sorted(int(k) for k in r["poisson"])
-    lines = ["| problem | PC | " + " | ".join(f"{n} rank(s): its" for n in ranks)
+    lines = [r["note"], ""] if r.get("note") else []
+    lines += ["| problem | PC | " + " | ".join(f"{n} rank(s): its" for n in ranks)
              + " | worst its / serial |", "|---|---|" + "---:|" * (len(ranks) + 1)]
     for label, data, key in ((f"2D Poisson {r['poisson_size']}^2 (FGMRES, rtol 1e-8)",
                               r["poisson"], "iterations"),
@@ -388,27 +389,28 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts.split(",")
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/npo_scaling.py " + " ".join(given)
-    out["commands"] = [*out.get("commands", []), f"{command.strip()} (parts {args.parts})"]
-    if "h" in parts:
-        part_h(args, out)
-    if "apply" in parts:
-        part_apply(args, out)
-    if "ranks" in parts:
-        part_ranks(args, out)
-    import petsc4py
-    import torch
+    ran = [p for p in parts if p in ("h", "apply", "ranks")]
+    if ran:  # (no part: only the report is rendered again from the JSON)
+        out["commands"] = [*out.get("commands", []), f"{command.strip()} (parts {args.parts})"]
+        out["last_run"] = (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, 1-minute "
+                           f"load average {load0:.1f} at the start")
+    os.makedirs(args.out, exist_ok=True)
+    for name, part in (("h", part_h), ("apply", part_apply), ("ranks", part_ranks)):
+        if name in parts:
+            part(args, out)
+            with open(json_path, "w", encoding="utf-8") as f:  # a part done is kept
+                json.dump(out, f, indent=1, default=str)
+    from petsc4py import PETSc
 
     hsizes = sorted({r["size"] for r in out.get("h", [])}) or args.sizes
     lines = [
         "# NPO at scale (issue 13)", "",
         "Produced by " + ", then ".join(f"`{c}`" for c in out["commands"])
-        + "; the last part ran on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC ({platform.machine()}, "
-        f"{os.cpu_count()} cores, 1-minute load average {load0:.1f} at the start and "
-        f"{os.getloadavg()[0]:.1f} at the end: other jobs shared the machine, so times are "
-        f"indicative and comparable only within this run; iteration counts are not affected), "
-        f"PETSc {'.'.join(map(str, petsc4py.PETSc.Sys.getVersion()))}, torch "
-        f"{torch.__version__} (1 thread) in {time.perf_counter() - t0:.0f} s.", "",
+        + f"; the last part started {out.get('last_run', '?')} ({platform.machine()}, "
+        f"{os.cpu_count()} cores: other jobs shared the machine, so times are "
+        f"indicative and comparable only within a run; iteration counts are not affected), "
+        f"PETSc {'.'.join(map(str, PETSc.Sys.getVersion()))}, torch "
+        f"{torch.__version__} (1 thread).", "",
         "Test systems: seed 1000, GRF right-hand side where the family has one; FGMRES "
         "(restart 100), rtol 1e-8, zero initial guess, true residual.  Times: setup + solve, "
         "minimum of the repeats after a warm-up solve.  NPO-MG: the shipped model "
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write(text)
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, default=str)
+    log(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
