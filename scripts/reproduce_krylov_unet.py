@@ -761,7 +761,12 @@ def part_ranks(args, res: dict, lines: list[str]) -> None:
         cmd = ["mpiexec", "-n", str(n), sys.executable, os.path.abspath(__file__),
                "--ranks-worker", "--size", str(args.size), "--rtol", str(args.rtol),
                "--static", args.static, "--dynamic", args.dynamic]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        # os.environ is Python's copy from before MPI_Init: a child mpiexec that inherits
+        # Open MPI's singleton variables from this (MPI-initialised) process exits 1.
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        out = proc.stdout
         line = [ln for ln in out.splitlines() if ln.startswith("RANKS_RESULT")][0]
         rows.append(json.loads(line.split(" ", 1)[1]))
     res["ranks"] = rows
