@@ -33,7 +33,7 @@ from pcshell import ModelMetadata, save_model
 
 from ..coarse.roots import nearest_weights
 from ..npo.loss import LossWeights
-from ..training.loop import LoopConfig, run_training
+from ..training.loop import LoopConfig, add_run_arguments, run_training
 from .features import FEATURES, coarsen, level_graph
 from .loss import dense_prolongator, transfer_loss
 from .network import INPUTS, AttentionTransfer, TransferConfig, csr_tensor, level_inputs
@@ -259,11 +259,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=d.network.get("width", 32))
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, help="model file to write")
+    add_run_arguments(p, checkpoint_every=50)
     p.set_defaults(func=_main)
 
 
