@@ -353,7 +353,7 @@ class ResidualNetworkPC(ModelPC):
         bad = 0 if z is None else int((~torch.isfinite(z)).sum())
         if comm.getSize() > 1:
             ranks = [r for r, b in enumerate(comm.tompi4py().allgather(bad)) if b]
-            where = f" on rank(s) {ranks}"
+            where = f" on rank(s) {ranks}" if ranks else ""  # z is None: a root-only network
         else:
             where = ""
         cause = (f"{type(self).__name__}: the network returned non-finite values (NaN/Inf)"

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MethodSpec", "METHODS", "get_method", "MODELS_DIR", "pc_classes"]
+__all__ = ["MethodSpec", "METHODS", "get_method", "MODELS_DIR", "pc_classes", "ShippedModel"]
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 
@@ -93,6 +93,18 @@ METHODS: dict[str, MethodSpec] = {
             default_model="poisson",
         ),
         MethodSpec(
+            name="npo_mg",
+            title="NPO-MG: NAMG attention transfer weights at setup, PETSc multigrid apply",
+            seed="000",
+            pc="petsc_neural.npo_mg.pc:NPOMultigrid",
+            prefix="pc_npo_mg_",
+            trainer="petsc_neural.npo_mg.train",
+            ksp="cg",
+            # One model serves every scalar family (keys: the families it was trained on).
+            models={"poisson": "npo_mg_scalar.pt", "diffusion": "npo_mg_scalar.pt"},
+            default_model="poisson",
+        ),
+        MethodSpec(
             name="neuralsp",
             title="NeuraLSP learned two-level coarse space (PCMG)",
             seed="001",
@@ -100,6 +112,8 @@ METHODS: dict[str, MethodSpec] = {
             prefix="pc_neuralsp_",
             trainer="petsc_neural.neuralsp.train",
             ksp="cg",
+            models={"diffusion": "neuralsp_local.pt"},  # the local variant
+            default_model="diffusion",
         ),
         MethodSpec(
             name="algebraformer",
@@ -150,3 +164,27 @@ def get_method(name: str) -> MethodSpec:
 def pc_classes() -> dict[str, str]:
     """``class_name -> method name`` for ``-pc_python_type petsc_neural.<class_name>``."""
     return {spec.class_name: spec.name for spec in METHODS.values()}
+
+
+class ShippedModel:
+    """Mixin for a :class:`pcshell.ModelPC` of a registered method that ships a model.
+
+    ``default_model()`` is the method's default shipped model (the registry's
+    ``models[default_model]``); ``needs_model`` is false when the option
+    named by ``model_option = (name, value)`` is set to anything but ``value``
+    (a baseline of the method served without a model).
+    """
+
+    method: str
+    opts: dict[str, Any]
+    model_option: tuple[str, str] | None = None
+
+    def default_model(self) -> str | None:
+        return get_method(self.method).model_path()
+
+    @property
+    def needs_model(self) -> bool:
+        if self.model_option is None:
+            return True
+        name, value = self.model_option
+        return self.opts.get(name, value) == value

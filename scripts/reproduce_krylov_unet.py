@@ -40,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -107,10 +108,16 @@ LABELS = {
 }
 
 
-def solve(problem, opts: dict) -> dict:
-    """Set up and solve once; iterations, reason, times, true relative residual."""
+def solve(problem, opts: dict, history: bool = False) -> dict:
+    """Set up and solve once; iterations, reason, times, true relative residual.
+
+    ``history``: also the preconditioned residual norms of every iteration
+    (FGMRES: the ratios of successive ones are the sines ``|sin theta_j|``).
+    """
     t0 = time.perf_counter()
     ksp = problem.make_ksp(opts)
+    if history:
+        ksp.setConvergenceHistory(length=opts.get("ksp_max_it", 1000) + 1)
     t1 = time.perf_counter()
     x = problem.A.createVecRight()
     x.set(0.0)
@@ -122,6 +129,8 @@ def solve(problem, opts: dict) -> dict:
     out = {"iterations": ksp.getIterationNumber(), "reason": int(ksp.getConvergedReason()),
            "setup": t1 - t0, "solve": t2 - t1,
            "rel_residual": float(r.norm() / problem.b.norm())}
+    if history:
+        out["history"] = [float(v) for v in ksp.getConvergenceHistory()]
     ksp.destroy()
     for v in (x, r):
         v.destroy()
@@ -166,35 +175,84 @@ def tune_gamg(size: int, rtol: float) -> tuple[str, dict]:
     return name, opts
 
 
+def save_results(path: str, updates: dict) -> None:
+    """Merge ``updates`` into the JSON file at ``path`` (re-read first: parts may run in
+    separate processes) and write it atomically."""
+    res = json.load(open(path)) if os.path.exists(path) else {}
+    res.update(updates)
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+#: Preconditioners whose residual histories are kept (for the sines per iteration).
+HISTORY_PCS = ("none", "static", "dynamic")
+
+
 def part_solves(args, res: dict, lines: list[str], size: int, n: int, tag: str,
-                pcs: list[str]) -> None:
-    gamg_name, gamg = res.setdefault("gamg_tuned", None) or (None, None)
+                pcs: list[str], tols: tuple[float, ...] = ()) -> None:
+    """Solve ``n`` unseen problems; resumable: each finished problem is saved at once."""
+    gamg_name, gamg = res.get("gamg_tuned") or (None, None)
     if "gamg" in pcs and gamg is None:
+        t0 = time.perf_counter()
         gamg_name, gamg = tune_gamg(args.size, args.rtol)
         res["gamg_tuned"] = (gamg_name, gamg)
-    tols = (args.rtol, 1e-6)
-    rows = {f"{rtol:g}": {pc: [] for pc in pcs} for rtol in tols}
+        res["gamg_tuning_seconds"] = time.perf_counter() - t0
+        save_results(args.json, {k: res[k] for k in ("gamg_tuned", "gamg_tuning_seconds")})
+    tols = tols or (args.rtol, 1e-6)
+    records = res.setdefault("records", {}).setdefault(tag, [])
+    done = {rec["seed"] for rec in records}
     for i in range(n):
-        p = build(size, TEST_SEED + i)
-        for rtol in tols:
+        seed = TEST_SEED + i
+        if seed in done:
+            continue
+        t0 = time.perf_counter()
+        p = build(size, seed)
+        rec = {"seed": seed, "generation": time.perf_counter() - t0,
+               "dofs": [p.A.getSize()[0], p.fields["3d"].getSize(), p.fields["1d"].getSize()],
+               "results": {f"{rtol:g}": {} for rtol in tols}}
+        sys.stdout.write(f"[{tag}] seed {seed}: generated in {rec['generation']:.1f} s, "
+                         f"dofs {rec['dofs']}\n")
+        for k, rtol in enumerate(tols):
             for pc in pcs:
-                if pc == "lu" and size > args.lu_max_size:
+                if pc == "lu" and (size > args.lu_max_size or k > 0 or i >= args.lu_tests):
+                    # LU converges in 1 iteration at any tolerance: once, on the first
+                    # --lu-tests problems (its factorisation dominates the run's time).
                     continue
                 r = solve(p, {**fgmres_params(rtol), **pc_options(pc, args.static,
-                                                                   args.dynamic, gamg or {})})
-                r["seed"] = TEST_SEED + i
-                rows[f"{rtol:g}"][pc].append(r)
-                sys.stdout.write(f"[{tag} rtol {rtol:g}] seed {TEST_SEED + i} {pc}: "
+                                                                   args.dynamic, gamg or {})},
+                          history=pc in HISTORY_PCS)
+                rec["results"][f"{rtol:g}"][pc] = r
+                sys.stdout.write(f"[{tag} rtol {rtol:g}] seed {seed} {pc}: "
                                  f"{r['iterations']} its, reason {r['reason']}, "
                                  f"{r['setup'] + r['solve']:.2f} s\n")
                 sys.stdout.flush()
         p.A.destroy()
+        records.append(rec)
+        save_results(args.json, {"records": res["records"]})
+    solves_section(res, lines, tag, pcs, gamg_name)
+
+
+def solves_section(res: dict, lines: list[str], tag: str, pcs: list[str],
+                   gamg_name: str | None) -> None:
+    """The table of a ``records`` entry (all problems finished so far)."""
+    records = res["records"][tag]
+    rtols = list(records[0]["results"])
+    rows = {rtol: {pc: [rec["results"][rtol][pc] for rec in records
+                        if pc in rec["results"][rtol]] for pc in pcs} for rtol in rtols}
     res[tag] = rows
-    md = res.get("metadata", {})
-    dofs = md.get(tag)
+    n = len(records)
+    gen = [rec["generation"] for rec in records]
+    dofs = records[0]["dofs"]
     lines.append(f"## FGMRES iterations on {n} unseen vessel networks, {tag}\n")
-    if dofs:
-        lines.append(dofs + "\n")
+    lines.append(f"{res.get('metadata', {}).get(tag, '')}: {dofs[0]:,} unknowns ({dofs[1]:,} "
+                 f"3D, {min(r['dofs'][2] for r in records):,}-"
+                 f"{max(r['dofs'][2] for r in records):,} 1D).  Test seeds "
+                 f"{records[0]['seed']}..{records[-1]['seed']} (training uses seeds below "
+                 f"{TEST_SEED}).  Generating a system with Firedrake (random tree, assembly, "
+                 f"field index sets): {np.mean(gen):.1f} s mean ({min(gen):.1f}-{max(gen):.1f}"
+                 f" s), {sum(gen):.0f} s for all {n}.\n")
     for rtol, out in rows.items():
         none = np.mean([r["iterations"] for r in out["none"]])
         lines.append(f"**Relative tolerance {rtol}** (FGMRES, no restart, zero initial "
@@ -217,8 +275,29 @@ def part_solves(args, res: dict, lines: list[str], size: int, n: int, tag: str,
                 f"{np.median([r['solve'] for r in rs]):.3f} | "
                 f"{np.median([r['setup'] + r['solve'] for r in rs]):.3f} | {conv}/{len(rs)} |")
         lines.append("")
+    lines.append("Times are medians over the problems (setup includes the PC's setup: model "
+                 "load and the 1D factorisation for KrylovUNet, the hierarchy for GAMG, the "
+                 "factorisation for LU).\n")
     if gamg_name:
-        lines.append(f"Tuned GAMG: {gamg_name} (fastest total time on 3 training problems).\n")
+        lines.append(f"Tuned GAMG: {gamg_name} (fastest total time on 3 training problems"
+                     f" over `GAMG_TUNING_GRID`, {res.get('gamg_tuning_seconds', 0):.0f} s of "
+                     "tuning).\n")
+
+
+def transfer_note(res: dict, lines: list[str]) -> None:
+    """The ratios to none on the 2x finer grid beside those on the training grid."""
+    rtol = next(iter(res["transfer grid"]))
+    lines.append(f"Ratios to none at rtol {rtol}, training grid -> 2x finer grid (the models "
+                 "were trained at the training grid only; nothing is retrained, and GAMG "
+                 "keeps the setting tuned at the training grid):\n")
+    for pc in ("static", "dynamic", "gamg"):
+        ratio = []
+        for tag in ("training grid", "transfer grid"):
+            out = res[tag][rtol]
+            ratio.append(np.mean([r["iterations"] for r in out[pc]])
+                         / np.mean([r["iterations"] for r in out["none"]]))
+        lines.append(f"- {LABELS[pc]}: {ratio[0]:.3f} -> {ratio[1]:.3f}")
+    lines.append("")
 
 
 def floor_check(res: dict, lines: list[str], tag: str) -> None:
@@ -253,10 +332,10 @@ def plot_iterations(res: dict, out_dir: str, tag: str) -> str:
     rtol = next(iter(res[tag]))
     out = res[tag][rtol]
     names = [pc for pc in out if out[pc]]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     ax.boxplot([[r["iterations"] for r in out[pc]] for pc in names])
-    ax.set_xticks(range(1, len(names) + 1), [LABELS[n].replace(", ", "\n") for n in names],
-                  fontsize=7)
+    ax.set_xticks(range(1, len(names) + 1),
+                  [textwrap.fill(LABELS[n].replace(",", ""), 15) for n in names], fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("FGMRES iterations")
     ax.set_title(f"{len(out['none'])} unseen vessel networks, rtol {rtol}")
@@ -267,10 +346,91 @@ def plot_iterations(res: dict, out_dir: str, tag: str) -> str:
     return path
 
 
+# ----------------------------------------------------------------------------- sines
+def test_sines(records: list[dict], rtol: str, pc: str, m: int) -> np.ndarray:
+    """Mean over problems of ``|sin theta_j|``, j = 1..m, from FGMRES residual histories.
+
+    For FGMRES (zero initial guess) ``|sin theta_j| = ||r_j|| / ||r_{j-1}||``
+    (tested in ``tests/petsc_neural/krylov``); problems that converged before
+    iteration j do not count at j.
+    """
+    rows = []
+    for rec in records:
+        h = np.asarray(rec["results"][rtol][pc]["history"])
+        s = np.full(m, np.nan)
+        k = min(m, len(h) - 1)
+        s[:k] = h[1:k + 1] / h[:k]
+        rows.append(s)
+    rows = np.asarray(rows)
+    counts = np.isfinite(rows).sum(axis=0)
+    sums = np.nansum(rows, axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def part_sines(args, res: dict, lines: list[str]) -> None:
+    """Mean |sin theta_j| per iteration on the test problems, before and after fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = res["records"]["training grid"]
+    rtol = next(iter(records[0]["results"]))
+    m, m_plot = 10, 40
+    out = {}
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for pc in HISTORY_PCS:
+        s = test_sines(records, rtol, pc, m_plot)
+        a, b = linear_fit(list(s[:m]))
+        rel = [np.asarray(rec["results"][rtol][pc]["history"]) for rec in records]
+        rel_m = float(np.mean([h[min(m, len(h) - 1)] / h[0] for h in rel]))
+        out[pc] = {"sines": [float(v) for v in s], "intercept": a, "slope": b,
+                   "mean_sin_m": float(np.nanmean(s[:m])),
+                   "prod_sin_m": float(np.nanprod(s[:m])),
+                   "rel_residual_m": rel_m}
+        j = np.arange(1, m_plot + 1)
+        line, = ax.plot(j, s, "o", ms=3, label=f"{LABELS[pc]}: a = {a:.3f}, b = {b:.4f}")
+        ax.plot(j[:m], a + b * j[:m], "-", color=line.get_color(), lw=1.2)
+    ax.axvline(m + 0.5, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("FGMRES iteration j")
+    ax.set_ylabel("mean |sin theta_j| over the test networks")
+    ax.set_title(f"{len(records)} unseen networks, rtol {rtol}; lines: fit over j <= {m}",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(args.out, "krylov_unet_test_sines.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    res["test_sines"] = out
+    lines.append("## Mean |sin theta_j| per FGMRES iteration on the test networks, before and "
+                 "after fine-tuning (paper Fig. 4, Table 5)\n")
+    lines.append(f"From the PETSc FGMRES residual histories of the solves above (rtol {rtol}, "
+                 f"{len(records)} unseen networks): `|sin theta_j| = ||r_j|| / ||r_(j-1)||`, "
+                 f"averaged over the networks; linear fit `a + b j` over j = 1..{m} (the "
+                 "paper's m); `prod sin` is eq. (5)'s estimate of the relative residual after "
+                 f"m = {m} iterations, beside the measured mean.\n")
+    lines.append(f"| preconditioner | intercept a | slope b | mean \\|sin\\| (j <= {m}) | "
+                 "prod sin (eq. 5) | measured relative residual after m |")
+    lines.append("|---|---|---|---|---|---|")
+    for pc, r in out.items():
+        lines.append(f"| {LABELS[pc]} | {r['intercept']:.4f} | {r['slope']:.5f} | "
+                     f"{r['mean_sin_m']:.4f} | {r['prod_sin_m']:.3e} | "
+                     f"{r['rel_residual_m']:.3e} |")
+    lines.append("\nPaper Table 5 (its headings are lost; see the fine-tuning table below): "
+                 "first column 0.593 at epoch 0 -> 0.318 after fine-tuning, last column (mean "
+                 "|sin|) 0.490 -> 0.301; slope 'nearly constant'.\n")
+    lines.append(f"Plot: `{path}`.\n")
+
+
 # ----------------------------------------------------------------------------- curves
 def linear_fit(sines: list[float]) -> tuple[float, float]:
+    """``(a, b)`` of ``sines[j - 1] ~ a + b j`` (NaN entries, converged problems, skipped)."""
     j = np.arange(1, len(sines) + 1)
-    b, a = np.polyfit(j, np.asarray(sines), 1)
+    s = np.asarray(sines, dtype=float)
+    ok = np.isfinite(s)
+    if ok.sum() < 2:
+        return float("nan"), float("nan")
+    b, a = np.polyfit(j[ok], s[ok], 1)
     return float(a), float(b)
 
 
@@ -601,7 +761,12 @@ def part_ranks(args, res: dict, lines: list[str]) -> None:
         cmd = ["mpiexec", "-n", str(n), sys.executable, os.path.abspath(__file__),
                "--ranks-worker", "--size", str(args.size), "--rtol", str(args.rtol),
                "--static", args.static, "--dynamic", args.dynamic]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        # os.environ is Python's copy from before MPI_Init: a child mpiexec that inherits
+        # Open MPI's singleton variables from this (MPI-initialised) process exits 1.
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        out = proc.stdout
         line = [ln for ln in out.splitlines() if ln.startswith("RANKS_RESULT")][0]
         rows.append(json.loads(line.split(" ", 1)[1]))
     res["ranks"] = rows
@@ -632,6 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-8)
     ap.add_argument("--transfer-tests", type=int, default=5)
     ap.add_argument("--lu-max-size", type=int, default=32)
+    ap.add_argument("--lu-tests", type=int, default=5, help="LU on the first N problems only")
     ap.add_argument("--oned-size", type=int, default=16)
     ap.add_argument("--oned-train", type=int, default=12)
     ap.add_argument("--oned-test", type=int, default=10)
@@ -645,16 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parts = args.parts.split(",")
     os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "krylov_unet.json")
-    res = json.load(open(json_path)) if os.path.exists(json_path) else {}
-    head = [
-        "# KrylovUNet (seed 002) reproduced with petsc-neural\n",
-        f"Generated by `scripts/reproduce_krylov_unet.py {' '.join(argv or sys.argv[1:])}` on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine_line()}.  "
-        "The paper's numbers are quoted beside ours where it reports the case.\n",
-        f"Models: static `{args.static}`, dynamic `{args.dynamic}`.\n",
-    ]
-    sections: dict[str, list[str]] = res.get("sections", {})
+    args.json = os.path.join(args.out, "krylov_unet.json")
+    res = json.load(open(args.json)) if os.path.exists(args.json) else {}
     res["metadata"] = {
         "training grid": f"n = {args.size}: a {args.size + 1}^3 tissue grid",
         "transfer grid": f"n = {2 * args.size}: a {2 * args.size + 1}^3 tissue grid"}
@@ -667,22 +825,42 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"Plot: `{plot_iterations(res, args.out, 'training grid')}`.\n")
 
     def transfer_part(args, res, lines):
+        # One tolerance only: a system at n = 64 takes minutes on 2 shared cores.
         part_solves(args, res, lines, 2 * args.size, args.transfer_tests, "transfer grid",
-                    ["none", "static", "dynamic", "gamg"])
+                    ["none", "static", "dynamic", "ilu", "gamg0", "gamg"], (args.rtol,))
+        transfer_note(res, lines)
 
-    runners = {"solves": solves_part, "curves": part_curves, "transfer": transfer_part,
-               "oned": part_oned, "ranks": part_ranks}
+    runners = {"solves": solves_part, "sines": part_sines, "curves": part_curves,
+               "transfer": transfer_part, "oned": part_oned, "ranks": part_ranks}
+    #: The result keys each part writes (parts may run as separate processes).
+    part_keys = {"solves": ["training grid", "gamg_tuned", "gamg_tuning_seconds", "records"],
+                 "sines": ["test_sines"], "curves": ["curves"],
+                 "transfer": ["transfer grid", "gamg_tuned", "records"], "oned": ["oned"],
+                 "ranks": ["ranks"]}
+    command = f"scripts/reproduce_krylov_unet.py {' '.join(argv or sys.argv[1:])}"
     for key, fn in runners.items():
-        if key in parts:
-            lines: list[str] = []
-            fn(args, res, lines)
-            sections[key] = lines
-    res["sections"] = sections
-    with open(json_path, "w") as f:
-        json.dump(res, f, indent=1, default=float)
-    body = head[:]
+        if key not in parts:
+            continue
+        t0 = time.perf_counter()
+        started = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
+        machine = machine_line()
+        lines: list[str] = []
+        fn(args, res, lines)
+        lines.append(f"_This section: `{command}`, started {started} on {machine}; "
+                     f"{time.perf_counter() - t0:.0f} s._\n")
+        disk = json.load(open(args.json)) if os.path.exists(args.json) else {}
+        sections = disk.get("sections", {})
+        sections[key] = lines
+        save_results(args.json, {"sections": sections, "metadata": res["metadata"],
+                                 **{k: res[k] for k in part_keys[key] if k in res}})
+    disk = json.load(open(args.json))
+    body = ["# KrylovUNet (seed 002) reproduced with petsc-neural\n",
+            "Written by `scripts/reproduce_krylov_unet.py` (each section says the command "
+            "and the machine state that produced it).  The paper's numbers are quoted beside "
+            "ours where it reports the case.\n",
+            f"Models: static `{args.static}`, dynamic `{args.dynamic}`.\n"]
     for key in runners:
-        body += sections.get(key, [])
+        body += disk.get("sections", {}).get(key, [])
     with open(os.path.join(args.out, "krylov_unet.md"), "w") as f:
         f.write("\n".join(body) + "\n")
     return 0

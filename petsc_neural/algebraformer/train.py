@@ -39,7 +39,7 @@ import torch
 
 from pcshell import ModelMetadata, load_model, save_model
 
-from ..training.loop import LoopConfig, run_training
+from ..training.loop import LoopConfig, add_run_arguments, run_training
 from .data import TASK_SIZES, TASKS, TEST_SEED_OFFSET, SystemSet, load_task, random_rhs
 from .loss import relative_mse, relative_mse_each, relative_residual
 from .network import (
@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, train_set: SystemSet, test_set: SystemSet | None = N
         if cfg.loss == "error":
             return err, {"lr": opt.param_groups[0]["lr"]}
         res = relative_residual(Ah, pred, bh)
-        return err + res, {"error": float(err), "residual": float(res),
+        return err + res, {"error": float(err.detach()), "residual": float(res.detach()),
                            "lr": opt.param_groups[0]["lr"]}
 
     def callback(i: int, loss: float, parts: Any) -> None:
@@ -345,13 +345,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0,
                    help=f"seed of the training set (test set: + {TEST_SEED_OFFSET})")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--workdir", default=None, help="data and checkpoint directory "
                    "(default: next to --out)")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, help="model file to write")
+    add_run_arguments(p, checkpoint_every=200)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -13,6 +13,15 @@ N`` re-launches itself under ``mpiexec -n N``), and writes to ``--out DIR``:
 - ``scaling.png`` when a family has several sizes: iterations and time per
   dof against dofs.
 
+Memory: ``peak_rss_mb`` is the peak resident set size during the case
+(setup and solve of every repeat), summed over ranks, the Python process
+itself included; ``rss_increase_mb`` is that peak minus the resident size
+just before the case (what the case itself needed).  Linux only (the peak is
+reset through ``/proc/self/clear_refs``); ``null`` elsewhere.  ``max_dofs``
+(suite files: ``{"lu": 300000}``) skips a PC on larger problems, e.g. a
+direct solver that would not fit in memory; skipped cases are listed under
+the table.
+
 Residual histories are true residuals ``||b - A x_k|| / ||b||`` for every
 preconditioner: CG runs with ``-ksp_norm_type unpreconditioned``, GMRES with
 right preconditioning (FGMRES is right-preconditioned anyway).
@@ -42,14 +51,16 @@ JSON schema (``RESULTS_SCHEMA``, JSON Schema draft 2020-12)::
 
     {"schema": "petsc-neural-bench/1",
      "created": ISO date, "command": str, "machine": {...}, "nprocs": int,
-     "config": {"rtol": float, "max_it": int, "repeat": int, "seed": int},
+     "config": {"rtol": float, "max_it": int, "repeat": int, "seed": int,
+                "max_dofs": {pc: int}},
      "cases": [{"family": str, "size": int, "params": {...}, "dofs": int, "nnz": int,
                 "ksp": str, "pc": str, "options": {...}, "status": "ok"|"error",
                 "error": str|null, "iterations": int, "reason": int,
                 "converged": bool, "rel_residual": float,
                 "setup_time": {"min": float, "median": float, "all": [float]},
                 "solve_time": {...}, "total_time": {...},
-                "history": [float], "ratio_to_gamg": float|null}],
+                "history": [float], "ratio_to_gamg": float|null,
+                "peak_rss_mb": float|null, "rss_increase_mb": float|null}],
      "paper": [{"family", "size", "ksp", "pc", "iterations", "time", "source"}]}
 """
 
@@ -155,6 +166,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "total_time": _TIME,
                     "history": {"type": "array", "items": {"type": "number"}},
                     "ratio_to_gamg": {"type": ["number", "null"]},
+                    "peak_rss_mb": {"type": ["number", "null"]},
+                    "rss_increase_mb": {"type": ["number", "null"]},
                 },
             },
         },
@@ -189,6 +202,9 @@ class BenchConfig:
     repeat: int = 3
     seed: int = 0
     paper: list[dict[str, Any]] = field(default_factory=list)
+    max_dofs: dict[str, int] = field(default_factory=dict)
+    #: Sizes per family (same order as ``families``; ``None``: ``sizes``).
+    family_sizes: list[list[int] | None] = field(default_factory=list)
 
 
 def parse_pc(spec: str, nprocs: int) -> tuple[str, dict[str, Any]]:
@@ -217,6 +233,28 @@ def ksp_options(ksp: str, rtol: float, max_it: int) -> dict[str, Any]:
     return opts
 
 
+def _rss_kib(field: str) -> int | None:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process in KiB, from /proc (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``echo 5 > /proc/self/clear_refs``); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _timing(values: list[float]) -> dict[str, Any]:
     return {"min": min(values), "median": statistics.median(values), "all": values}
 
@@ -227,6 +265,8 @@ def run_case(problem, options: Mapping[str, Any], repeat: int) -> dict[str, Any]
     setups, solves = [], []
     out: dict[str, Any] = {}
     bnorm = problem.b.norm()
+    before = _rss_kib("VmRSS")
+    tracked = _reset_peak_rss() and before is not None
     for _ in range(repeat):
         comm.Barrier()
         t0 = time.perf_counter()
@@ -253,6 +293,10 @@ def run_case(problem, options: Mapping[str, Any], repeat: int) -> dict[str, Any]
             "history": [float(h) / bnorm if bnorm > 0 else float(h) for h in hist],
         }
         ksp.destroy()
+    peak = _rss_kib("VmHWM") if tracked else None
+    ok = comm.allreduce(peak is not None, op=_mpi_land())
+    out["peak_rss_mb"] = comm.allreduce(peak) / 1024.0 if ok else None
+    out["rss_increase_mb"] = comm.allreduce(peak - before) / 1024.0 if ok else None
     out["setup_time"] = _timing(setups)
     out["solve_time"] = _timing(solves)
     out["total_time"] = _timing([s + v for s, v in zip(setups, solves, strict=True)])
@@ -263,6 +307,12 @@ def _mpi_max():
     from mpi4py import MPI
 
     return MPI.MAX
+
+
+def _mpi_land():
+    from mpi4py import MPI
+
+    return MPI.LAND
 
 
 def tune_gamg(problem, kopts: Mapping[str, Any], repeat: int) -> tuple[dict[str, Any], dict]:
@@ -292,8 +342,9 @@ def run_bench(config: BenchConfig, comm=None) -> dict[str, Any]:
     comm = comm or PETSc.COMM_WORLD
     nprocs = comm.getSize()
     cases: list[dict[str, Any]] = []
-    for family, params in config.families:
-        for size in config.sizes:
+    for k, (family, params) in enumerate(config.families):
+        own = config.family_sizes[k] if k < len(config.family_sizes) else None
+        for size in own or config.sizes:
             problem = make_problem(family, size, seed=config.seed, comm=comm.tompi4py(),
                                    **params)
             dofs, nnz = problem.A.getSize()[0], global_nnz(problem.A)
@@ -304,6 +355,11 @@ def run_bench(config: BenchConfig, comm=None) -> dict[str, Any]:
                 rows = []
                 for spec in config.pcs:
                     name, popts = parse_pc(spec, nprocs)
+                    limit = config.max_dofs.get(name)
+                    if limit is not None and dofs > limit:
+                        log.info("%s/%d: %s skipped (%d dofs > max_dofs %d)", family, size,
+                                 name, dofs, limit)
+                        continue
                     row: dict[str, Any] = {
                         "family": family, "size": size, "params": dict(params), "dofs": dofs,
                         "nnz": nnz, "ksp": ksp, "pc": name, "error": None,
@@ -343,10 +399,15 @@ def run_bench(config: BenchConfig, comm=None) -> dict[str, Any]:
         },
         "nprocs": nprocs,
         "config": {"rtol": config.rtol, "max_it": config.max_it, "repeat": config.repeat,
+                   "max_dofs": dict(config.max_dofs),
                    "seed": config.seed},
         "cases": cases,
         "paper": list(config.paper),
     }
+
+
+def _fmt_mb(mb: float | None) -> str:
+    return "n/a" if mb is None else f"{mb:.0f}"
 
 
 def _fmt_params(params: Mapping[str, Any]) -> str:
@@ -375,26 +436,33 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"{first['dofs']:,} dofs, {first['nnz']:,} nnz, KSP {ksp}",
             "",
             "| PC | iterations | setup (s) | solve (s) | total (s) | total / tuned GAMG "
+            "| peak RSS (MB) "
             "| rel. residual | reason |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in rows:
             if c["status"] != "ok":
-                lines.append(f"| {c['pc']} | error: {c['error']} | | | | | | |")
+                lines.append(f"| {c['pc']} | error: {c['error']} | | | | | | | |")
                 continue
             t = {k: c[k] for k in ("setup_time", "solve_time", "total_time")}
             ratio = f"{c['ratio_to_gamg']:.2f}" if c["ratio_to_gamg"] is not None else "n/a"
             lines.append(
                 f"| {c['pc']} | {c['iterations']} | "
                 + " | ".join(f"{t[k]['min']:.4f} / {t[k]['median']:.4f}" for k in t)
-                + f" | {ratio} | {c['rel_residual']:.2e} | {c['reason']} |"
+                + f" | {ratio} | {_fmt_mb(c.get('peak_rss_mb'))} | {c['rel_residual']:.2e} "
+                f"| {c['reason']} |"
             )
         for p in results["paper"]:
             same_rtol = p.get("rtol") in (None, results["config"]["rtol"])
             if p["family"] == family and p["size"] == size and p["ksp"] == ksp and same_rtol:
                 tcell = f"{p['time']}" if p.get("time") is not None else ""
                 lines.append(f"| {p['pc']} (paper: {p['source']}) | {p['iterations']} | | | "
-                             f"{tcell} | | | |")
+                             f"{tcell} | | | | |")
+        skipped = [f"{pc} (max_dofs {lim:,})" for pc, lim in
+                   results["config"].get("max_dofs", {}).items() if first["dofs"] > lim]
+        if skipped:
+            lines.append("")
+            lines.append("Not run at this size: " + ", ".join(skipped) + ".")
         gamg = [c for c in rows if c["pc"] == "gamg" and c["status"] == "ok"]
         if gamg:
             o = gamg[0]["options"]
@@ -407,6 +475,24 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fkey(case: Mapping[str, Any]) -> tuple[str, str]:
+    return case["family"], json.dumps(case["params"], sort_keys=True)
+
+
+def _family_tags(results: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """A short name per (family, params): the family, with the params where a family
+    appears with several (``poisson_dim3``), for plot labels and file names."""
+    keys = list(dict.fromkeys(_fkey(c) for c in results["cases"]))
+    tags = {}
+    for fam, params in keys:
+        if sum(1 for f, _ in keys if f == fam) == 1:
+            tags[(fam, params)] = fam
+        else:
+            p = json.loads(params)
+            tags[(fam, params)] = fam + "".join(f"_{k}{v}" for k, v in sorted(p.items()))
+    return tags
+
+
 def plot_histories(results: Mapping[str, Any], outdir: str) -> dict[str, list[str]]:
     """One PNG per (problem, ksp) with every PC's residual history; returns file -> labels."""
     import matplotlib
@@ -414,9 +500,10 @@ def plot_histories(results: Mapping[str, Any], outdir: str) -> dict[str, list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tags = _family_tags(results)
     groups: dict[tuple, list[dict]] = {}
     for c in results["cases"]:
-        groups.setdefault((c["family"], c["size"], c["ksp"]), []).append(c)
+        groups.setdefault((tags[_fkey(c)], c["size"], c["ksp"]), []).append(c)
     written: dict[str, list[str]] = {}
     for (family, size, ksp), rows in groups.items():
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -446,10 +533,11 @@ def plot_scaling(results: Mapping[str, Any], outdir: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tags = _family_tags(results)
     series: dict[tuple, list[tuple[int, int, float]]] = {}
     for c in results["cases"]:
         if c["status"] == "ok" and c["converged"]:
-            series.setdefault((c["family"], c["ksp"], c["pc"]), []).append(
+            series.setdefault((tags[_fkey(c)], c["ksp"], c["pc"]), []).append(
                 (c["dofs"], c["iterations"], c["total_time"]["min"] / c["dofs"]))
     series = {k: sorted(v) for k, v in series.items() if len(v) > 1}
     if not series:
@@ -496,8 +584,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from firedrake_problems.cli import parse_params
 
     base: dict[str, Any] = _load_config_file(args.config) if args.config else {}
-    families = base.get("families") or [[f, {}] for f in (args.family or ["poisson"])]
-    families = [(f[0], dict(f[1])) if isinstance(f, list) else (f, {}) for f in families]
+    # A suite's family is "name", [name, params] or [name, params, sizes].
+    raw = base.get("families") or [[f, {}] for f in (args.family or ["poisson"])]
+    families = [(f[0], dict(f[1])) if isinstance(f, list) else (f, {}) for f in raw]
+    family_sizes = [None if args.sizes or not isinstance(f, list) or len(f) < 3
+                    else [int(x) for x in f[2]] for f in raw]
     if args.param:
         families = [(f, {**p, **parse_params(args.param)}) for f, p in families]
     paper = base.get("paper", [])
@@ -511,6 +602,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         rtol=args.rtol if args.rtol is not None else base.get("rtol", 1e-8),
         max_it=args.max_it if args.max_it is not None else base.get("max_it", 1000),
         repeat=args.repeat if args.repeat is not None else base.get("repeat", 3),
+        max_dofs={str(k): int(v) for k, v in base.get("max_dofs", {}).items()},
+        family_sizes=family_sizes,
         seed=args.seed if args.seed is not None else base.get("seed", 0),
         paper=paper,
     )

@@ -3,7 +3,8 @@
 - :mod:`.smoothed`: random start vectors and damped-Jacobi smoothing with PETSc;
 - :mod:`.aggregation`: graph aggregation and per-aggregate bases;
 - :mod:`.prolongation`: prolongators as PETSc matrices;
-- :mod:`.mg`: a two-level PCMG around a prolongator.
+- :mod:`.roots`: root nodes (MIS-2), candidate tokens, token graph;
+- :mod:`.mg`: PCMG around given prolongators (two levels or a hierarchy).
 """
 
 from .aggregation import (
@@ -14,7 +15,7 @@ from .aggregation import (
     prepend_constant,
     project_out_constant,
 )
-from .mg import two_level_mg
+from .mg import aij_operator, mg_hierarchy, two_level_mg
 from .prolongation import block_prolongator, dense_prolongator, smooth_prolongator
 from .smoothed import coordinate_start_vectors, smoothed_vectors, start_vectors, svd_basis
 
@@ -26,6 +27,8 @@ __all__ = [
     "prepend_constant",
     "project_out_constant",
     "two_level_mg",
+    "mg_hierarchy",
+    "aij_operator",
     "block_prolongator",
     "dense_prolongator",
     "smooth_prolongator",

@@ -11,8 +11,44 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["coordinate_order", "aggregate", "pad_aggregates", "project_out_constant",
-           "prepend_constant", "local_svd_bases", "MAX_AGGREGATE"]
+__all__ = ["strength_graph", "has_neighbours", "coordinate_order", "aggregate",
+           "pad_aggregates", "project_out_constant", "prepend_constant", "local_svd_bases",
+           "MAX_AGGREGATE"]
+
+def strength_graph(A_local: sp.csr_matrix, threshold: float = 0.0) -> sp.csr_matrix:
+    """Symmetric strength graph: ``|a_ij| / sqrt(|a_ii a_jj|)`` where that is ``> threshold``.
+
+    Off-diagonal entries only, symmetrised by the maximum, sorted indices.
+
+    >>> import scipy.sparse as sp
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(3, 3)).tocsr()
+    >>> strength_graph(A).toarray()
+    array([[0. , 0.5, 0. ],
+           [0.5, 0. , 0.5],
+           [0. , 0.5, 0. ]])
+    """
+    A = sp.csr_matrix(A_local)
+    n = A.shape[0]
+    C = A.tocoo()
+    off = (C.row != C.col) & (C.data != 0)
+    d = np.abs(A.diagonal())
+    d = np.where(d > 0, d, 1.0)
+    w = np.abs(C.data) / np.sqrt(d[C.row] * d[C.col])
+    strong = off & (w > threshold)
+    Gs = sp.csr_matrix((w[strong], (C.row[strong], C.col[strong])), shape=(n, n))
+    Gs = Gs.maximum(Gs.T).tocsr()
+    Gs.sort_indices()
+    return Gs
+
+
+def has_neighbours(A_local: sp.csr_matrix) -> np.ndarray:
+    """Rows with a nonzero off-diagonal entry (Dirichlet rows have none)."""
+    C = sp.coo_matrix(A_local)
+    off = (C.row != C.col) & (C.data != 0)
+    out = np.zeros(A_local.shape[0], dtype=bool)
+    out[C.row[off]] = True
+    return out
+
 
 def coordinate_order(coordinates: np.ndarray, n_rows: int) -> np.ndarray | None:
     """Rows in lexicographic order of their node coordinates (last axis first), or ``None``.
@@ -63,20 +99,9 @@ def aggregate(
     """
     if max_size < 2:
         raise ValueError(f"max_size must be >= 2, got {max_size}")
-    A = sp.csr_matrix(A_local)
-    n = A.shape[0]
-    C = A.tocoo()
-    off = (C.row != C.col) & (C.data != 0)
-    has_nbr = np.zeros(n, dtype=bool)
-    has_nbr[C.row[off]] = True
-    d = np.abs(A.diagonal())
-    d = np.where(d > 0, d, 1.0)
-    strong = off & (np.abs(C.data) > threshold * np.sqrt(d[C.row] * d[C.col]))
-    # Strength |a_ij| / sqrt(a_ii a_jj) on the symmetrised strong graph.
-    w = np.abs(C.data[strong]) / np.sqrt(d[C.row[strong]] * d[C.col[strong]])
-    Gs = sp.csr_matrix((w, (C.row[strong], C.col[strong])), shape=(n, n))
-    Gs = Gs.maximum(Gs.T).tocsr()
-    Gs.sort_indices()
+    Gs = strength_graph(A_local, threshold)
+    n = Gs.shape[0]
+    has_nbr = has_neighbours(A_local)
     ptr, idx, wts = Gs.indptr, Gs.indices, Gs.data
     agg = np.full(n, -2, dtype=np.int64)  # -2: not yet aggregated
     agg[~has_nbr] = -1

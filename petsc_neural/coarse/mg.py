@@ -1,14 +1,111 @@
-"""A two-level PETSc ``PCMG`` around a given prolongator."""
+"""PETSc ``PCMG`` around given prolongators (two levels, or a whole hierarchy)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from petsc4py import PETSc
 
 from pcshell import NeuralPCError, pushed_options
 
-__all__ = ["two_level_mg"]
+__all__ = ["two_level_mg", "mg_hierarchy", "aij_operator", "AIJ_TYPES"]
+
+AIJ_TYPES = ("seqaij", "mpiaij", "seqaijcusparse", "mpiaijcusparse", "seqaijkokkos",
+             "mpiaijkokkos")
+
+
+def aij_operator(Pmat: PETSc.Mat) -> tuple[PETSc.Mat, str]:
+    """``Pmat`` itself if it is AIJ, else an AIJ copy (the caller destroys it) and a note.
+
+    PETSc's ``MatMatMult`` and ``MatPtAP`` of BAIJ/SBAIJ/dense with the
+    prolongators here need AIJ; the user's matrix is never changed.
+    """
+    if Pmat.getType() in AIJ_TYPES:
+        return Pmat, ""
+    return Pmat.convert("aij", out=PETSc.Mat()), f"{Pmat.getType()} -> aij"
+
+
+def mg_hierarchy(
+    A: PETSc.Mat,
+    Pmat: PETSc.Mat,
+    interpolations: Sequence[PETSc.Mat],
+    prefix: str,
+    *,
+    operators: Sequence[PETSc.Mat] | None = None,
+    smoother: str = "jacobi",
+    smooth_its: int = 5,
+    omega: float = 0.66,
+    defaults: dict[str, Any] | None = None,
+) -> PETSc.PC:
+    """PETSc's PCMG (V-cycle) with the given interpolations, set up.
+
+    ``interpolations[0]`` maps the first coarse level to the fine one,
+    ``interpolations[-1]`` the coarsest to the next.  ``operators``: the
+    coarse operators in the same order (e.g. from ``MatPtAP``), or ``None``
+    for PETSc's Galerkin products (``-pc_mg_galerkin both``).  With no
+    interpolation at all, the coarse solver alone (prefix ``mg_coarse_``).  Smoother:
+    ``smooth_its`` sweeps of damped Jacobi (Richardson with scale ``omega``)
+    or of Chebyshev/Jacobi, before and after the coarse correction; coarse
+    solve: LU (redundant LU on several ranks).  ``defaults`` and then the
+    options under ``prefix`` override every default.
+    """
+    if operators is not None and len(operators) != len(interpolations):
+        raise ValueError(f"{len(operators)} coarse operators for {len(interpolations)} "
+                         "interpolations")
+    comm = A.getComm()
+    n_levels = len(interpolations) + 1
+    if n_levels == 1:  # nothing to coarsen: the coarse solver on the operator itself
+        return _direct(A, Pmat, prefix + "mg_coarse_", defaults)
+    mg = PETSc.PC().create(comm=comm)
+    mg.setOptionsPrefix(prefix)
+    mg.setOperators(A, Pmat)
+    mg.setType(PETSc.PC.Type.MG)
+    mg.setMGLevels(n_levels)
+    mg.setMGType(PETSc.PC.MGType.MULTIPLICATIVE)
+    for k, P in enumerate(interpolations):
+        mg.setMGInterpolation(n_levels - 1 - k, P)
+    opts: dict[str, Any] = {
+        "pc_mg_galerkin": "both" if operators is None else "none",
+        "mg_levels_ksp_max_it": int(smooth_its),
+        "mg_levels_ksp_norm_type": "none",
+        "mg_levels_pc_type": "jacobi",
+        "mg_coarse_ksp_type": "preonly",
+        "mg_coarse_pc_type": "lu" if comm.getSize() == 1 else "redundant",
+    }
+    if smoother == "jacobi":
+        opts["mg_levels_ksp_type"] = "richardson"
+        opts["mg_levels_ksp_richardson_scale"] = float(omega)
+    elif smoother == "chebyshev":
+        opts["mg_levels_ksp_type"] = "chebyshev"
+    else:
+        raise NeuralPCError(f"smoother must be jacobi or chebyshev, got {smoother!r}")
+    opts.update(defaults or {})
+    if operators is not None:
+        for k, Ac in enumerate(operators):
+            level = n_levels - 2 - k
+            ksp = mg.getMGCoarseSolve() if level == 0 else mg.getMGSmoother(level)
+            ksp.setOperators(Ac, Ac)
+    with pushed_options(prefix, opts):
+        mg.setFromOptions()
+        mg.setUp()
+    return mg
+
+
+def _direct(A: PETSc.Mat, Pmat: PETSc.Mat, prefix: str,
+            defaults: dict[str, Any] | None) -> PETSc.PC:
+    """LU (redundant LU on several ranks) under ``prefix``, as PCMG's coarse solve would be."""
+    pc = PETSc.PC().create(comm=A.getComm())
+    pc.setOptionsPrefix(prefix)
+    pc.setOperators(A, Pmat)
+    opts = {"pc_type": "lu" if A.getComm().getSize() == 1 else "redundant"}
+    opts.update({k[len("mg_coarse_"):]: v for k, v in (defaults or {}).items()
+                 if k.startswith("mg_coarse_pc_")})
+    with pushed_options(prefix, opts):
+        pc.setFromOptions()
+        pc.setUp()
+    return pc
+
 
 def two_level_mg(
     A: PETSc.Mat,
@@ -22,35 +119,7 @@ def two_level_mg(
 ) -> PETSc.PC:
     """PETSc's PCMG with two levels, interpolation ``P``, Galerkin coarse operator.
 
-    Smoother: ``smooth_its`` sweeps of damped Jacobi (Richardson with scale
-    ``omega``) or of Chebyshev/Jacobi, before and after the coarse correction;
-    coarse solve: LU (redundant LU on several ranks).  Options under ``prefix``
-    override every default.
+    See :func:`mg_hierarchy` (smoothers, coarse solve, options under ``prefix``).
     """
-    comm = A.getComm()
-    mg = PETSc.PC().create(comm=comm)
-    mg.setOptionsPrefix(prefix)
-    mg.setOperators(A, Pmat)
-    mg.setType(PETSc.PC.Type.MG)
-    mg.setMGLevels(2)
-    mg.setMGType(PETSc.PC.MGType.MULTIPLICATIVE)
-    mg.setMGInterpolation(1, P)
-    defaults: dict[str, Any] = {
-        "pc_mg_galerkin": "both",
-        "mg_levels_ksp_max_it": int(smooth_its),
-        "mg_levels_ksp_norm_type": "none",
-        "mg_levels_pc_type": "jacobi",
-        "mg_coarse_ksp_type": "preonly",
-        "mg_coarse_pc_type": "lu" if comm.getSize() == 1 else "redundant",
-    }
-    if smoother == "jacobi":
-        defaults["mg_levels_ksp_type"] = "richardson"
-        defaults["mg_levels_ksp_richardson_scale"] = float(omega)
-    elif smoother == "chebyshev":
-        defaults["mg_levels_ksp_type"] = "chebyshev"
-    else:
-        raise NeuralPCError(f"smoother must be jacobi or chebyshev, got {smoother!r}")
-    with pushed_options(prefix, defaults):
-        mg.setFromOptions()
-        mg.setUp()
-    return mg
+    return mg_hierarchy(A, Pmat, [P], prefix, smoother=smoother, smooth_its=smooth_its,
+                        omega=omega)

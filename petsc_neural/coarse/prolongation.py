@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from petsc4py import PETSc
 
-__all__ = ["dense_prolongator", "block_prolongator", "smooth_prolongator"]
+__all__ = ["dense_prolongator", "block_prolongator", "token_prolongator", "smooth_prolongator",
+           "jacobi_omega"]
 
 def dense_prolongator(U_local: np.ndarray, comm: PETSc.Comm) -> PETSc.Mat:
     """``P`` (rows distributed like ``A``, ``r`` columns) from its local rows.
@@ -61,6 +62,57 @@ def block_prolongator(
     )
     T.assemble()
     return T
+
+
+def token_prolongator(
+    index: np.ndarray, weights: np.ndarray, n_tokens: int, comm: PETSc.Comm
+) -> PETSc.Mat:
+    """Tentative prolongator from padded per-row weights over local tokens.
+
+    Row ``i`` has ``weights[i, k]`` in column ``offset + index[i, k]`` for
+    every slot with ``index >= 0`` (``offset``: the tokens of lower ranks);
+    rows with no slot are zero.  AIJ, columns sorted, distributed like the rows.
+    """
+    import scipy.sparse as sp
+
+    n_local = index.shape[0]
+    mpi = comm.tompi4py()
+    offset = mpi.exscan(n_tokens) or 0
+    nc, n = mpi.allreduce(n_tokens), mpi.allreduce(n_local)
+    r, k = np.nonzero(index >= 0)
+    T = sp.csr_matrix((weights[r, k], (r, index[r, k])), shape=(n_local, max(n_tokens, 0)))
+    T.sum_duplicates()
+    T.sort_indices()
+    P = PETSc.Mat().createAIJ(
+        ((n_local, n), (n_tokens, nc)),
+        csr=(T.indptr.astype(PETSc.IntType), (T.indices + offset).astype(PETSc.IntType),
+             T.data.astype(np.float64)),
+        comm=comm,
+    )
+    P.assemble()
+    return P
+
+
+def jacobi_omega(A: PETSc.Mat) -> float:
+    """``4 / (3 rho)`` with ``rho`` Gershgorin's bound on ``D^-1 A`` (whole rows, all ranks).
+
+    Smoothed aggregation's prolongator damping with a bound that needs no
+    eigenvalue solve and is the same on any number of ranks.
+    """
+    indptr, _, values = A.getValuesCSR()
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    absrow = np.bincount(rows, weights=np.abs(values), minlength=len(indptr) - 1)
+    d = np.abs(A.getDiagonal().getArray(readonly=True))
+    ratio = np.where(d > 0, absrow / np.where(d > 0, d, 1.0), 0.0)
+    rho = A.getComm().tompi4py().allreduce(float(ratio.max()) if ratio.size else 0.0,
+                                           op=_mpi_max())
+    return 4.0 / (3.0 * rho) if rho > 0 else 2.0 / 3.0
+
+
+def _mpi_max():
+    from mpi4py import MPI
+
+    return MPI.MAX
 
 
 def smooth_prolongator(A: PETSc.Mat, T: PETSc.Mat, omega: float) -> PETSc.Mat:

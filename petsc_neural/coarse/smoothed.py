@@ -13,7 +13,8 @@ from petsc4py import PETSc
 
 from pcshell import NeuralPCError
 
-__all__ = ["start_vectors", "coordinate_start_vectors", "smoothed_vectors", "svd_basis"]
+__all__ = ["start_vectors", "coordinate_start_vectors", "node_keys", "row_keys",
+           "smoothed_vectors", "svd_basis"]
 
 _CHUNK = 1024
 
@@ -50,6 +51,28 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def node_keys(coordinates: np.ndarray, block_size: int, seed: int) -> np.ndarray:
+    """One well-mixed ``uint64`` per dof, a function of ``seed``, its node's coordinates
+    (their bits) and its component only: the same whatever the numbering and partition."""
+    with np.errstate(over="ignore"):
+        X = np.ascontiguousarray(coordinates, dtype=np.float64)
+        X = np.where(X == 0.0, 0.0, X)  # -0.0 and 0.0: the same point
+        key = np.full(X.shape[0], np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+        for d in range(X.shape[1]):
+            key = _splitmix64(key ^ X[:, d].view(np.uint64))
+        return np.repeat(key, block_size) ^ np.tile(
+            np.arange(block_size, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93), X.shape[0]
+        )
+
+
+def row_keys(rstart: int, n_rows: int, seed: int) -> np.ndarray:
+    """One well-mixed ``uint64`` per global row ``rstart .. rstart + n_rows - 1`` and ``seed``."""
+    rows = np.arange(rstart, rstart + n_rows, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return _splitmix64(rows ^ _splitmix64(np.full(1, int(seed) & 0xFFFFFFFFFFFFFFFF,
+                                                      dtype=np.uint64)))
+
+
 def coordinate_start_vectors(
     coordinates: np.ndarray, block_size: int, n_cols: int, seed: int
 ) -> np.ndarray:
@@ -62,15 +85,8 @@ def coordinate_start_vectors(
     SplitMix64 hash per entry pair gives two 24-bit uniforms, hence two normals.
     """
     n_pairs = (int(n_cols) + 1) // 2
+    key = node_keys(coordinates, block_size, seed)
     with np.errstate(over="ignore"):
-        X = np.ascontiguousarray(coordinates, dtype=np.float64)
-        X = np.where(X == 0.0, 0.0, X)  # -0.0 and 0.0: the same point
-        key = np.full(X.shape[0], np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
-        for d in range(X.shape[1]):
-            key = _splitmix64(key ^ X[:, d].view(np.uint64))
-        key = np.repeat(key, block_size) ^ np.tile(
-            np.arange(block_size, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93), X.shape[0]
-        )
         col = np.arange(1, n_pairs + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         col = _splitmix64(col)
         h = _splitmix64(key[:, None] ^ col[None, :])

@@ -73,7 +73,6 @@ from pcshell import (
     ModelFileError,
     ModelMismatchError,
     NeuralPCError,
-    NonFiniteOutputError,
     Option,
     ResidualNetworkPC,
     agreed,
@@ -351,16 +350,6 @@ class KrylovUNet(ResidualNetworkPC):
             msg = pc.getComm().tompi4py().bcast(None if error is None else str(error), root=0)
             error = None if msg is None else NeuralPCError(msg)
         agree(PETSc.COMM_SELF, error, "network apply")
-
-    def _on_failure(self, pc: PETSc.PC, x: PETSc.Vec, y: PETSc.Vec, z) -> None:
-        cause = (f"KrylovUNet: the network returned non-finite values (NaN/Inf) for a finite "
-                 f"residual at apply {self._applies} (model {self.model.path!r})")
-        if self.opts["on_failure"] == "fallback":
-            self.activate_fallback(pc, cause)
-            self.fallback.apply(x, y)
-            return
-        raise NonFiniteOutputError(
-            cause + f"; -{self._prefix}on_failure fallback switches to a classical PC instead")
 
     def matApply(self, pc: PETSc.PC, X: PETSc.Mat, Y: PETSc.Mat) -> None:  # noqa: N802
         """Column by column (each apply gathers the whole grid on rank 0)."""

@@ -40,7 +40,7 @@ import torch
 
 from pcshell import ModelMetadata, load_model, save_model
 
-from ..training.loop import LoopConfig, run_training
+from ..training.loop import LoopConfig, add_run_arguments, run_training
 from .data import GraphData, generate_graphs, load_graph, load_stiffness
 from .grid import dirichlet_faces
 from .loss import dynamic_loss, static_loss
@@ -289,15 +289,11 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=None,
                    help="steps between validations (default: static 25, dynamic 10)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--workdir", default=None,
                    help="checkpoints (default: next to --out)")
     p.add_argument("--cache", default=None,
                    help="generated systems (default: WORKDIR/krylov_data)")
-    p.add_argument("--checkpoint-every", type=int, default=25)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, help="model file to write")
+    add_run_arguments(p, checkpoint_every=25)
     p.set_defaults(func=_main)
 
 

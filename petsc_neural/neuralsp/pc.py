@@ -117,6 +117,7 @@ from pcshell.options import TRISTATE
 
 from ..coarse import (
     aggregate,
+    aij_operator,
     block_prolongator,
     coordinate_order,
     dense_prolongator,
@@ -130,7 +131,7 @@ from ..coarse import (
     two_level_mg,
 )
 from ..coarse.aggregation import MAX_AGGREGATE
-from ..registry import get_method
+from ..registry import ShippedModel, get_method
 
 __all__ = ["NeuraLSP", "GLOBAL_INPUTS", "LOCAL_INPUTS", "CITATION"]
 
@@ -145,16 +146,17 @@ CITATION = """@article{neuralsp2025,
 }
 """
 
-_AIJ = ("seqaij", "mpiaij", "seqaijcusparse", "mpiaijcusparse", "seqaijkokkos", "mpiaijkokkos")
 
-
-class NeuraLSP(SetupNetworkPC):
+class NeuraLSP(ShippedModel, SetupNetworkPC):
     """NeuraLSP two-level preconditioner: learned coarse space, PETSc PCMG apply.
 
     Use::
 
         -ksp_type cg -pc_type python -pc_python_type petsc_neural.NeuraLSP
-        -pc_neural_model model.pt -pc_neuralsp_rank 48
+        [-pc_neural_model model.pt] [-pc_neuralsp_rank R]
+
+    Without ``-pc_neural_model`` the shipped local model is used
+    (``petsc_neural/models/neuralsp_local.pt``, see its README).
 
     Options ``-pc_neuralsp_``: ``basis`` (model|svd|local_svd), ``rank``,
     ``vectors``, ``sweeps``, ``omega``, ``smoother`` (jacobi|chebyshev),
@@ -168,6 +170,7 @@ class NeuraLSP(SetupNetworkPC):
     method_prefix = get_method("neuralsp").prefix
     inner_prefix = "neuralsp_"
     citation = CITATION
+    model_option = ("basis", "model")  # svd and local_svd need no model
 
     def __init__(self) -> None:
         super().__init__()
@@ -201,10 +204,6 @@ class NeuraLSP(SetupNetworkPC):
             Option("max_aggregate", MAX_AGGREGATE, "largest aggregate (rows)", low=2),
             Option("seed", 0, "seed of the random start vectors"),
         ]
-
-    @property
-    def needs_model(self) -> bool:
-        return self.opts.get("basis", "model") == "model"
 
     def check_model(self, pc: PETSc.PC, P: PETSc.Mat) -> None:
         super().check_model(pc, P)
@@ -267,11 +266,8 @@ class NeuraLSP(SetupNetworkPC):
     def build(self, pc: PETSc.PC) -> PETSc.PC:
         A, Pmat = pc.getOperators()
         same = A.handle == Pmat.handle
-        self.converted = ""
-        if Pmat.getType() not in _AIJ:
-            # BAIJ/SBAIJ/dense: PETSc's MatMatMult and PtAP below need AIJ.
-            self.converted = f"{Pmat.getType()} -> aij"
-            Pmat = Pmat.convert("aij", out=PETSc.Mat())  # a copy: the user's Mat stays
+        Pmat, self.converted = aij_operator(Pmat)  # BAIJ/SBAIJ/dense: MatPtAP needs AIJ
+        if self.converted:
             self.inner_objects.append(Pmat)
             A = Pmat if same else A
         comm = Pmat.getComm()

@@ -32,7 +32,7 @@ from petsc4py import PETSc
 from pcshell import ModelMetadata, save_model, to_scipy
 
 from ..coarse import aggregate, pad_aggregates, project_out_constant, smoothed_vectors
-from ..training.loop import LoopConfig, run_training
+from ..training.loop import LoopConfig, add_run_arguments, run_training
 from .loss import nlss_loss, subspace_loss
 from .network import LocalSubspaceNet, NeuraLSPMLP, count_parameters
 from .pc import GLOBAL_INPUTS, LOCAL_INPUTS
@@ -250,13 +250,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-layer-norm", action="store_true")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default=d.dtype)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--checkpoint", default=None,
                    help="training checkpoint (default: OUTPUT.ckpt)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-o", "--output", required=True, help="model file to write")
+    add_run_arguments(p, checkpoint_every=50, out=("-o", "--output"))
     p.set_defaults(func=_cli_train)
 
 

@@ -33,7 +33,7 @@ import torch
 
 from pcshell import ModelMetadata, save_model
 
-from ..training.loop import LoopConfig, run_training
+from ..training.loop import LoopConfig, add_run_arguments, run_training
 from .loss import LossWeights, npo_loss
 from .network import NAMG, NAMGConfig
 
@@ -308,11 +308,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--w-condition", type=float, default=1.0)
     p.add_argument("--w-residual", type=float, default=1.0)
     p.add_argument("--w-data", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, help="model file to write")
+    add_run_arguments(p, checkpoint_every=50)
     p.set_defaults(func=_main)
 
 

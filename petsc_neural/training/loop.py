@@ -30,6 +30,7 @@ the two generators the loop owns (a ``torch.Generator`` and a numpy
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import math
@@ -45,6 +46,7 @@ import torch
 from pcshell import atomic_write_bytes
 
 __all__ = [
+    "add_run_arguments",
     "LoopConfig",
     "TrainResult",
     "StepFn",
@@ -102,6 +104,22 @@ class TrainResult:
     steps_done: int = 0
     resumed_from: int = 0
 
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, checkpoint_every: int,
+                      out: tuple[str, ...] = ("--out",)) -> None:
+    """The command-line options every ``petsc-neural train METHOD`` shares.
+
+    ``--threads``, ``--checkpoint-every`` (the method's default period),
+    ``--resume``, ``--no-progress`` and the model file to write (``out``: the
+    method's flag names for it).
+    """
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--checkpoint-every", type=int, default=checkpoint_every,
+                   help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(*out, required=True, help="model file to write")
 
 def seed_everything(seed: int) -> tuple[torch.Generator, np.random.Generator]:
     """Seed torch's global RNG and return the loop's two generators for ``seed``."""

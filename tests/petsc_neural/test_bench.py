@@ -136,3 +136,22 @@ def test_two_ranks_match_plain_petsc4py():
 def test_ksp_options_give_true_residual_norms():
     assert ksp_options("cg", 1e-6, 10)["ksp_norm_type"] == "unpreconditioned"
     assert ksp_options("gmres", 1e-6, 10)["ksp_pc_side"] == "right"
+
+
+def test_peak_memory_is_recorded(poisson_results):
+    for c in poisson_results["cases"]:
+        assert c["peak_rss_mb"] > 10  # the Python process itself is in it
+        assert 0 <= c["rss_increase_mb"] <= c["peak_rss_mb"]
+    assert "| peak RSS (MB) |" in markdown(poisson_results)
+
+
+def test_family_sizes_and_max_dofs():
+    config = BenchConfig(families=[("poisson", {"dim": 2}), ("poisson", {"dim": 1})],
+                         sizes=[8], family_sizes=[[8, 12], None], pcs=["jacobi", "sor"],
+                         ksps=["cg"], repeat=1, max_dofs={"sor": 100})
+    results = run_bench(config)
+    validate(results)
+    got = {(c["params"]["dim"], c["size"], c["pc"]) for c in results["cases"]}
+    assert got == {(2, 8, "jacobi"), (2, 8, "sor"), (2, 12, "jacobi"), (1, 8, "jacobi"),
+                   (1, 8, "sor")}  # 2D 12x12 has 169 dofs > 100: no SOR there
+    assert "Not run at this size: sor (max_dofs 100)." in markdown(results)

@@ -372,3 +372,25 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
     assert abs(parallel - serial) <= 0.1 * serial, its
     if basis == "svd":  # a global basis: the same S0, the same subspace, the same iterations
         assert parallel == serial, its
+
+
+def test_shipped_local_model_loads_and_preconditions():
+    """No -pc_neural_model: the shipped local model (registry) serves, small and linear."""
+    import os
+
+    from pcshell import load_model
+    from petsc_neural.registry import get_method
+
+    path = get_method("neuralsp").model_path()
+    assert os.path.getsize(path) < 5 * 1024 * 1024
+    meta = load_model(path, method="neuralsp").metadata
+    assert meta.training["variant"] == "local" and meta.linear and meta.n is None
+    for family in ("poisson", "anisotropic"):
+        p = problem(family, 24, seed=3)
+        _, ksp = solve(p)
+        assert ksp.getConvergedReason() > 0
+        its = ksp.getIterationNumber()
+        ctx = ksp.getPC().getPythonContext()
+        assert ctx.variant == "local" and ctx.model.path == path
+        _, jac = p.solve({**NEURALSP, "pc_type": "jacobi"})
+        assert its < jac.getIterationNumber() / 2, (family, its, jac.getIterationNumber())

@@ -25,7 +25,7 @@ def _check_demo(tmp_path, capsys):
 
     if MPI.COMM_WORLD.rank == 0:
         out = capsys.readouterr().out
-        for name in ("none", "jacobi", "sor", "ilu", "gamg (tuned)", "npo"):
+        for name in ("none", "jacobi", "sor", "ilu", "gamg (tuned)", "npo", "npo_mg", "neuralsp"):
             assert f"\n{name} " in out
         assert os.path.getsize(args.plot) > 10_000  # a real PNG, not an empty file
         with open(args.plot, "rb") as f:

@@ -214,3 +214,26 @@ def test_two_ranks_give_the_serial_iterations(tmp_path):
 
     a, b = by_position(full, coords), by_position(x_ser.getArray(readonly=True), ser.coordinates)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("on_failure", ["error", "fallback"])
+def test_non_finite_network_output_is_an_error_or_the_fallback(model, problem, on_failure):
+    """NaN from the network: a clear NonFiniteOutputError, or the fallback PC takes over."""
+    from pcshell import NonFiniteOutputError
+
+    ksp = problem.make_ksp({**kunet_params(model), "pc_neural_on_failure": on_failure,
+                            "pc_neural_fallback_pc_type": "jacobi"})
+    ctx = ksp.getPC().getPythonContext()
+    ctx._root_apply = lambda r: np.full_like(r, np.nan)
+    x = problem.A.createVecRight()
+    if on_failure == "error":
+        with pytest.raises(PETSc.Error) as info:
+            ksp.solve(problem.b, x)
+        err = info.value.__cause__
+        assert isinstance(err, NonFiniteOutputError)
+        assert "KrylovUNet: the network returned non-finite values" in str(err)
+        assert "on_failure fallback switches to a classical PC" in str(err)
+        return
+    ksp.solve(problem.b, x)
+    assert ksp.getConvergedReason() > 0
+    assert ctx.fallback_reason is not None and "non-finite" in ctx.fallback_reason
