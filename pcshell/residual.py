@@ -367,6 +367,15 @@ class ResidualNetworkPC(ModelPC):
             cause + f"; -{self._prefix}on_failure fallback switches to a classical PC instead"
         )
 
+    def apply_columns(self, pc: PETSc.PC, X: PETSc.Mat, Y: PETSc.Mat) -> None:
+        """``Y = P(X)`` column by column through :meth:`apply` (dense ``X`` and ``Y``)."""
+        for j in range(X.getSize()[1]):
+            xj = X.getDenseColumnVec(j, "r")
+            yj = Y.getDenseColumnVec(j, "w")
+            self.apply(pc, xj, yj)
+            X.restoreDenseColumnVec(j, "r", xj)
+            Y.restoreDenseColumnVec(j, "w", yj)
+
     def matApply(self, pc: PETSc.PC, X: PETSc.Mat, Y: PETSc.Mat) -> None:  # noqa: N802
         """Many right-hand sides (``PCMatApply``): one batched network call where possible.
 
@@ -375,12 +384,7 @@ class ResidualNetworkPC(ModelPC):
         """
         batch = getattr(self.model.module, "forward_batch", None)
         if batch is None or self.fallback_reason is not None or self._cuda:
-            for j in range(X.getSize()[1]):
-                xj = X.getDenseColumnVec(j, "r")
-                yj = Y.getDenseColumnVec(j, "w")
-                self.apply(pc, xj, yj)
-                X.restoreDenseColumnVec(j, "r", xj)
-                Y.restoreDenseColumnVec(j, "w", yj)
+            self.apply_columns(pc, X, Y)
             return
         with log_event("PCNeuralApply"):
             self._applies += 1

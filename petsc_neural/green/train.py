@@ -49,7 +49,7 @@ import torch
 
 from pcshell import ModelMetadata, save_model
 
-from ..training.loop import LoopConfig, run_training
+from ..training.loop import LoopConfig, add_run_arguments, run_training
 from .loss import Balancer, Batch, loss_parts
 from .network import AlphaMSNN, count_parameters
 
@@ -536,16 +536,12 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", action="store_true",
                    help="divide the residual parts by their running averages (in 2D: anchor "
                    "error 0.28 instead of 0.63 after 600 steps of stage 0, reaction2d)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--checkpoint", default=None,
                    help="training checkpoint (default: OUTPUT.ckpt)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="after training, the kernel's relative error against the FD inverse "
                    "on an N^d grid (stored in the metadata)")
-    p.add_argument("-o", "--output", required=True, help="model file to write")
+    add_run_arguments(p, checkpoint_every=200, out=("-o", "--output"))
     p.set_defaults(func=_cli_train)
 
 

@@ -353,12 +353,7 @@ class KrylovUNet(ResidualNetworkPC):
 
     def matApply(self, pc: PETSc.PC, X: PETSc.Mat, Y: PETSc.Mat) -> None:  # noqa: N802
         """Column by column (each apply gathers the whole grid on rank 0)."""
-        for j in range(X.getSize()[1]):
-            xj = X.getDenseColumnVec(j, "r")
-            yj = Y.getDenseColumnVec(j, "w")
-            self.apply(pc, xj, yj)
-            X.restoreDenseColumnVec(j, "r", xj)
-            Y.restoreDenseColumnVec(j, "w", yj)
+        self.apply_columns(pc, X, Y)
 
     # -- view ------------------------------------------------------------------------
     def view_details(self, pc: PETSc.PC) -> list[str]:
