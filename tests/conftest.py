@@ -67,7 +67,12 @@ def pytest_generate_tests(metafunc):
     (PyTorch Geometric's habit), unless it parametrizes ``device`` itself."""
     if "device" not in metafunc.fixturenames:
         return
-    own = any("device" in str(m.args[0]).replace(" ", "").split(",")
-              for m in metafunc.definition.iter_markers("parametrize"))
+    def names(marker) -> list[str]:
+        argnames = marker.args[0]
+        if isinstance(argnames, str):
+            return [a.strip() for a in argnames.split(",")]
+        return list(argnames)
+
+    own = any("device" in names(m) for m in metafunc.definition.iter_markers("parametrize"))
     if not own:
         metafunc.parametrize("device", available_devices())
