@@ -10,6 +10,7 @@ from petsc4py import PETSc
 
 from firedrake_problems import make_problem
 from petsc_neural.bench import (
+    GAMG_TUNING_GRID,
     BenchConfig,
     ksp_options,
     markdown,
@@ -18,6 +19,7 @@ from petsc_neural.bench import (
     validate,
     write_outputs,
 )
+from petsc_neural.bench.run import run_case
 
 
 def plain_iterations(family, size, ksp_type, pc_opts, rtol=1e-8, **params):
@@ -30,15 +32,21 @@ def plain_iterations(family, size, ksp_type, pc_opts, rtol=1e-8, **params):
     ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
     pc = ksp.getPC()
     pc.setType(pc_opts["pc_type"])
+    opts = PETSc.Options()
     if pc_opts["pc_type"] == "gamg":
-        opts = PETSc.Options()
         for key, value in pc_opts.items():
             if key != "pc_type":
                 opts[key] = value
         pc.setFromOptions()
         pc.setCoordinates(problem.coordinates)
+    try:
+        # GAMG reads the mg_levels_* options when it builds its levels, at
+        # KSPSetUp: the options stay in the database until then.
+        ksp.setUp()
+    finally:
         for key in pc_opts:
-            opts.delValue(key)
+            if key != "pc_type":
+                opts.delValue(key)
     x = problem.A.createVecRight()
     ksp.solve(problem.b, x)
     assert ksp.getConvergedReason() > 0
@@ -64,6 +72,16 @@ def test_iterations_equal_plain_petsc4py(poisson_results, size):
     # True residual histories, ending below rtol.
     for c in rows.values():
         assert c["history"][-1] <= 1e-8 and c["rel_residual"] <= 1.01e-8
+
+
+@pytest.mark.parametrize("setting", sorted(GAMG_TUNING_GRID))
+def test_every_gamg_setting_matches_plain_petsc4py(setting):
+    """Whichever setting the timing-based tuning picks, its count is PETSc's own."""
+    opts = GAMG_TUNING_GRID[setting]
+    problem = make_problem("poisson", 12, seed=0)
+    res = run_case(problem, {**ksp_options("cg", 1e-8, 1000), **opts}, repeat=1)
+    assert res["converged"]
+    assert res["iterations"] == plain_iterations("poisson", 12, "cg", opts)
 
 
 def test_schema_accepts_results_and_rejects_broken_ones(poisson_results):
