@@ -63,10 +63,12 @@ def summary(res: dict[int, dict], config: str = SUITE) -> str:
         f"{first['machine'].get('node')} ({first['machine'].get('cpus')} cores, shared with "
         f"other jobs), PETSc {first['machine'].get('petsc')}; FGMRES, rtol "
         f"{first['config']['rtol']:g}, max_it {first['config']['max_it']}; times are the minimum "
-        f"of {first['config']['repeat']} runs; peak memory: resident set size of all ranks "
-        "during the case, the Python process included.  `n.c.`: not converged within max_it; "
+        f"of {first['config']['repeat']} runs; peak memory: the peak resident set size of all "
+        "ranks during the case, the Python process (Firedrake, torch) included, and in brackets "
+        "its increase over the RSS before the case (freed memory handed back to the OS first, "
+        "so earlier cases do not count).  `n.c.`: not converged within max_it; "
         "`-`: not run (see max_dofs in the suite).", "",
-        "Cells: iterations / setup s / solve s / peak MB.", "",
+        "Cells: iterations / setup s / solve s / peak MB (+ increase MB).", "",
     ]
     cases = {}
     for n, r in res.items():
@@ -90,11 +92,14 @@ def summary(res: dict[int, dict], config: str = SUITE) -> str:
                     elif c["status"] != "ok":
                         cells.append(f"error: {c['error'][:60]}")
                     else:
-                        mem = c.get("peak_rss_mb")
+                        mem, inc = c.get("peak_rss_mb"), c.get("rss_increase_mb")
+                        mem_s = "n/a" if mem is None else f"{mem:.0f}"
+                        if inc is not None:
+                            mem_s += f" (+{inc:.0f})"
                         cells.append(
                             f"{c['iterations']}{'' if c['converged'] else ' n.c.'} / "
                             f"{c['setup_time']['min']:.2f} / {c['solve_time']['min']:.2f} / "
-                            f"{'n/a' if mem is None else f'{mem:.0f}'}")
+                            f"{mem_s}")
                 lines.append(f"| {pc} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -245,8 +245,25 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap back to the OS, so the RSS before a case is what is still live.
+
+    Without it a case's peak RSS includes what earlier cases freed but glibc
+    kept (a direct solve after a large neural setup reads as using no memory).
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the RSS keeps what malloc holds
+        pass
+
+
 def _reset_peak_rss() -> bool:
     """Reset this process's peak RSS (``echo 5 > /proc/self/clear_refs``); False if refused."""
+    _release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
@@ -265,8 +282,9 @@ def run_case(problem, options: Mapping[str, Any], repeat: int) -> dict[str, Any]
     setups, solves = [], []
     out: dict[str, Any] = {}
     bnorm = problem.b.norm()
+    reset = _reset_peak_rss()
     before = _rss_kib("VmRSS")
-    tracked = _reset_peak_rss() and before is not None
+    tracked = reset and before is not None
     for _ in range(repeat):
         comm.Barrier()
         t0 = time.perf_counter()
