@@ -14,6 +14,7 @@ PETSC_VERSION=3.26.0
 PETSC4PY_VERSION=3.26.0
 TORCH_VERSION=2.13.0
 FIREDRAKE_VERSION=2026.10.0
+H5PY_VERSION=3.16.0
 PETSC_ARCH=arch-petsc-neural
 VENV=${PETSC_NEURAL_VENV:-$ROOT/.venv}
 CACHE=${PETSC_NEURAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/petsc-neural}
@@ -147,13 +148,52 @@ step venv "$STAMPS/venv" venv_create
 # torch first and pinned, so nothing later can pull a CUDA build.
 step torch "$STAMPS/torch-$TORCH_VERSION" $PIP install "torch==$TORCH_VERSION"
 step mpi4py "$STAMPS/mpi4py" $PIP install setuptools wheel cython pkgconfig numpy mpi4py
+
+# h5py for Firedrake is built from source against MPI HDF5 (single-threaded,
+# about 4 minutes).  It needs mpi4py and HDF5, not PETSc, so it is built on the
+# second core while petsc4py's single-threaded build runs, and installed as a
+# wheel with Firedrake.
+H5PY_WHEELS=$STAMPS/wheels
+H5PY_STAMP=$STAMPS/h5py-$H5PY_VERSION
+MPI_HDF5=(env HDF5_MPI=ON CC=mpicc CXX=mpicxx HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi)
+build_h5py() {
+  rm -rf "$H5PY_WHEELS.part"
+  "${MPI_HDF5[@]}" $PIP wheel --no-deps --no-build-isolation --no-binary h5py \
+    -w "$H5PY_WHEELS.part" "h5py==$H5PY_VERSION"
+  rm -rf "$H5PY_WHEELS" && mv "$H5PY_WHEELS.part" "$H5PY_WHEELS"
+}
+H5PY_PID=
+if [ ! -e "$STAMPS/firedrake-$FIREDRAKE_VERSION" ] && [ ! -e "$H5PY_STAMP" ]; then
+  printf '[setup] %-12s running in the background (log: %s)\n' h5py "${LOGDIR#$ROOT/}/h5py.log"
+  H5PY_T=$(date +%s)
+  set +e
+  ( set -e; build_h5py ) >"$LOGDIR/h5py.log" 2>&1 &
+  H5PY_PID=$!
+  set -e
+  # A step that fails below ends the setup: the background build goes with it.
+  trap '[ -z "$H5PY_PID" ] || { pkill -TERM -P "$H5PY_PID" 2>/dev/null; kill "$H5PY_PID" 2>/dev/null; } || true' EXIT
+fi
 step petsc4py "$STAMPS/petsc4py-$PETSC4PY_VERSION-$PETSC_HASH" \
   $PIP install --no-build-isolation "petsc4py==$PETSC4PY_VERSION"
+if [ -n "$H5PY_PID" ]; then
+  rc=0
+  wait "$H5PY_PID" || rc=$?
+  H5PY_PID=
+  if [ "$rc" != 0 ]; then
+    printf '[setup] %-12s FAILED; last lines of %s:\n' h5py "$LOGDIR/h5py.log" >&2
+    tail -n 40 "$LOGDIR/h5py.log" >&2
+    exit 1
+  fi
+  date -u +%FT%TZ >"$H5PY_STAMP"
+  printf '[setup] %-12s ok (%ds, beside petsc4py)\n' h5py $(( $(date +%s) - H5PY_T ))
+fi
 step fd-reqs "$STAMPS/firedrake-build-reqs" $PIP install "${FIREDRAKE_BUILD_REQS[@]}"
-step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" env HDF5_MPI=ON CC=mpicc CXX=mpicxx \
-  HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi \
-  $PIP install --no-build-isolation --no-binary h5py "firedrake[check]==$FIREDRAKE_VERSION" \
-  "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
+install_firedrake() {
+  local wheel; wheel=$(ls "$H5PY_WHEELS"/h5py-"$H5PY_VERSION"-*.whl)
+  "${MPI_HDF5[@]}" $PIP install --no-build-isolation "$wheel" "firedrake[check]==$FIREDRAKE_VERSION" \
+    "torch==$TORCH_VERSION" "petsc4py==$PETSC4PY_VERSION"
+}
+step firedrake "$STAMPS/firedrake-$FIREDRAKE_VERSION" install_firedrake
 # The project itself; re-run whenever its metadata changes.
 PROJ_HASH=$(cat setup.py pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 step project "$STAMPS/project-$PROJ_HASH" $PIP install --no-build-isolation \
