@@ -236,6 +236,7 @@ class HMatrix:
     tol: float = 0.0  # relative block tolerance of compress_aca (0: fixed-rank compress)
     aca_steps: int = 0  # the largest ACA rank before recompression
     aca_dense: int = 0  # admissible blocks stored dense (rank above break-even)
+    _aca: tuple | None = None  # (max_rank, ACA state per group): lets compress_aca resume
     lr_groups: list[_Group] = field(default_factory=list)
     where: dict[int, tuple[int, int]] = field(default_factory=dict)  # block -> (group, slot)
     stored: int = 0  # entries stored by this process (unpadded)
@@ -322,6 +323,7 @@ class HMatrix:
         n_pts = len(t.perm)
         self.k_base = int(k_base)
         self.tol = 0.0
+        self._aca = None
         self.dense_groups = list(self.near_groups)
         plan, rows, cols = [], [], []
         for ids in self._mine(True).values():
@@ -396,13 +398,22 @@ class HMatrix:
         error of about ``tol`` per block.  A block whose rank would pass ``max_rank``
         (default, and at most, the break-even rank ``m n / (m + n)`` above which low rank
         stops saving storage) is evaluated whole and stored dense instead.
+
+        Called again with a smaller ``tol`` (the a posteriori check's refinement), it
+        resumes: the blocks whose last ACA step was above the new tolerance continue from
+        their factors, and blocks already evaluated whole are not evaluated again.
         """
         t = self.tree
         n_pts = len(t.perm)
-        self.tol = float(tol)
         agree = agree_any or bool
-        states = []
-        for gids in self._mine(True).values():
+        resume = self._aca is not None and tol <= self.tol and self._aca[0] == max_rank
+        self.tol = float(tol)
+        states = self._aca[1] if resume else []
+        for st in states:  # resume: continue the blocks not yet within tol (dense at the cap)
+            short = ~st["over"] & ~st["final"] & (st["ratio"] > tol)
+            st["over"] |= short & (st["k"] >= st["cap"])
+            st["active"] = short & (st["k"] < st["cap"])
+        for gids in ([] if resume else self._mine(True).values()):
             ids = np.array(gids, dtype=int)
             m = max(t.size(self.blocks[i].row) for i in ids)
             nn = max(t.size(self.blocks[i].col) for i in ids)
@@ -418,7 +429,9 @@ class HMatrix:
                 U=np.zeros((B, m, 0)), V=np.zeros((B, nn, 0)), k=np.zeros(B, dtype=int),
                 norm2=np.zeros(B), used=R >= n_pts, piv=msz // 2, misses=np.zeros(B, int),
                 order=rng.random((B, m)), active=np.ones(B, dtype=bool),
-                over=np.zeros(B, dtype=bool), jp=None, prow=None, act=None))
+                over=np.zeros(B, dtype=bool), final=np.zeros(B, dtype=bool),
+                ratio=np.full(B, np.inf), whole={}, jp=None, prow=None, act=None))
+        self._aca = (max_rank, states)
         while agree(any(st["active"].any() for st in states)):
             # pivot rows: K(i*, J) minus the approximant, every group in one call
             rows, cols = [], []
@@ -446,8 +459,9 @@ class HMatrix:
                 st["misses"][miss] += 1
                 left = np.where(st["used"][miss], -1.0, st["order"][miss])
                 st["piv"][miss] = left.argmax(1)
-                st["active"][miss[(st["misses"][miss] >= 3)
-                                  | (left.max(1, initial=-1.0) < 0)]] = False
+                end = miss[(st["misses"][miss] >= 3) | (left.max(1, initial=-1.0) < 0)]
+                st["active"][end] = False
+                st["final"][end] = True
                 go = ok & ~full
                 st["misses"][act[go]] = 0
                 st["act"], st["prow"], st["jp"] = act[go], row[go] / piv[go, None], jp[go]
@@ -474,10 +488,14 @@ class HMatrix:
                 U[act, :, s] = u
                 V[act, :, s] = v
                 st["k"][act] += 1
-                st["active"][act[uv <= tol * np.sqrt(np.maximum(st["norm2"][act], 0.0))]] = False
+                st["ratio"][act] = uv / np.maximum(np.sqrt(np.maximum(st["norm2"][act], 0.0)),
+                                                   1e-300)
+                st["active"][act[st["ratio"][act] <= tol]] = False
                 nxt = np.where(st["used"][act], -1.0, np.abs(u))
                 st["piv"][act] = nxt.argmax(1)
-                st["active"][act[nxt.max(1, initial=-1.0) < 0]] = False  # all rows used
+                end = act[nxt.max(1, initial=-1.0) < 0]  # every row used: exact
+                st["active"][end] = False
+                st["final"][end] = True
         # recompression (QR of both factors, SVD of the core, truncation to tol); blocks
         # over their cap are evaluated whole (one call for all) and stored dense
         rows, cols, plans = [], [], []
@@ -495,7 +513,8 @@ class HMatrix:
                             np.minimum(st["k"], 1))
             st["Uf"], st["Vf"], st["rk"] = Qu @ (u_ * s_[:, None, :]), \
                 Qv @ vt_.transpose(0, 2, 1), rk
-            dense = np.nonzero(st["over"])[0]
+            dense = np.array([a for a in np.nonzero(st["over"])[0] if a not in st["whole"]],
+                             dtype=int)
             valid = st["rv"][dense, :, None] & st["cv"][dense, None, :]
             rows.append(t.perm[np.broadcast_to(st["R"][dense, :, None], valid.shape)[valid]])
             cols.append(t.perm[np.broadcast_to(st["C"][dense, None, :], valid.shape)[valid]])
@@ -509,6 +528,10 @@ class HMatrix:
                 D = np.zeros(valid.shape)
                 D[valid] = vals[off:off + int(valid.sum())]
                 off += int(valid.sum())
+                st["whole"].update(zip(dense.tolist(), D, strict=True))
+            dense = np.nonzero(st["over"])[0]
+            if len(dense):
+                D = np.stack([st["whole"][a] for a in dense])
                 self.dense_groups.append(_Group(st["ids"][dense], st["R"][dense],
                                                 st["C"][dense],
                                                 torch.from_numpy(D).to(self.dtype)))

@@ -135,3 +135,30 @@ def test_aca_distributed_blocks_sum_to_the_serial_product():
     full = HMatrix.build(X, k, **kw).matvec(v)
     parts = [HMatrix.build(X, k, rank=r, nparts=3, **kw).matvec(v) for r in range(3)]
     np.testing.assert_allclose(sum(parts).numpy(), full.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_aca_refinement_resumes_instead_of_starting_again():
+    X = grid_points(24, 2)
+    n = len(X)
+    k = screened_kernel(X)
+    calls = []
+
+    def counted(r, c):
+        calls.append(len(r))
+        return k(r, c)
+
+    v = np.random.default_rng(6).standard_normal(n)
+    r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    Kv = k(r.ravel(), c.ravel()).reshape(n, n) @ v
+    H = HMatrix.build(X, counted, leaf=16, eta=0.7, k_base=4, tol=1e-2, dtype=torch.float64)
+    calls.clear()
+    H.compress_aca(counted, 1e-5)
+    resumed = sum(calls)
+    calls.clear()
+    fresh = HMatrix.build(X, counted, leaf=16, eta=0.7, k_base=4, tol=1e-5, dtype=torch.float64)
+    fresh_low_rank = sum(calls) - calls[0]  # the first call: the inadmissible leaves
+    for M in (H, fresh):
+        assert np.linalg.norm(M.matvec(v).numpy() - Kv) <= 1e-5 * np.linalg.norm(Kv)
+    assert H.stats()["entries"] <= 1.1 * fresh.stats()["entries"]
+    # only the extra ACA steps are evaluated, not the first ones again
+    assert 0 < resumed < 0.8 * fresh_low_rank
