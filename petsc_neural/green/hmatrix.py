@@ -232,6 +232,11 @@ class HMatrix:
     rank: int = 0
     grow_rank: bool = True
     dense_groups: list[_Group] = field(default_factory=list)
+    near_groups: list[_Group] = field(default_factory=list)  # the inadmissible leaves
+    tol: float = 0.0  # relative block tolerance of compress_aca (0: fixed-rank compress)
+    aca_steps: int = 0  # the largest ACA rank before recompression
+    aca_dense: int = 0  # admissible blocks stored dense (rank above break-even)
+    _aca: tuple | None = None  # (max_rank, ACA state per group): lets compress_aca resume
     lr_groups: list[_Group] = field(default_factory=list)
     where: dict[int, tuple[int, int]] = field(default_factory=dict)  # block -> (group, slot)
     stored: int = 0  # entries stored by this process (unpadded)
@@ -240,10 +245,15 @@ class HMatrix:
     @classmethod
     def build(cls, points: np.ndarray, kernel: Kernel, *, leaf: int, eta: float, k_base: int,
               rank: int = 0, nparts: int = 1, dtype: torch.dtype = torch.float32,
-              tree: ClusterTree | None = None, grow_rank: bool = True) -> HMatrix:
+              tree: ClusterTree | None = None, grow_rank: bool = True, tol: float = 0.0,
+              max_rank: int = 0, agree_any: Callable[[bool], bool] | None = None
+              ) -> HMatrix:
         """Partition, evaluate (collectively) and compress; this process keeps the blocks
-        :func:`assign_blocks` gives rank ``rank`` of ``nparts``.  ``grow_rank``: the 2D
-        rank rule (see :func:`rank_rule`)."""
+        :func:`assign_blocks` gives rank ``rank`` of ``nparts``.  ``tol > 0``: adaptive
+        ranks to that relative block tolerance (:meth:`compress_aca`; ``max_rank``,
+        ``agree_any`` are its arguments); ``tol = 0``: the paper's fixed ranks
+        (:meth:`compress`, base rank ``k_base``, ``grow_rank`` the 2D rank rule of
+        :func:`rank_rule`)."""
         tree = tree or ClusterTree(points, leaf)
         H = cls(tree=tree, eta=float(eta), k_base=int(k_base), dtype=dtype,
                 grow_rank=grow_rank)
@@ -251,7 +261,10 @@ class HMatrix:
         H.owner = assign_blocks(tree, H.blocks, nparts)
         H.rank = int(rank)
         H._build_dense(kernel)
-        H.compress(kernel, k_base)
+        if tol > 0:
+            H.compress_aca(kernel, tol, max_rank, agree_any)
+        else:
+            H.compress(kernel, k_base)
         return H
 
     # -- construction ----------------------------------------------------------------------
@@ -297,6 +310,7 @@ class HMatrix:
             D[valid] = vals[off:off + cnt]
             off += cnt
             self.dense_groups.append(_Group(ids, R, C, torch.from_numpy(D).to(self.dtype)))
+        self.near_groups = list(self.dense_groups)
 
     def compress(self, kernel: Kernel, k_base: int) -> None:
         """(Re)build the low-rank blocks this process owns with base rank ``k_base``.
@@ -308,6 +322,9 @@ class HMatrix:
         t = self.tree
         n_pts = len(t.perm)
         self.k_base = int(k_base)
+        self.tol = 0.0
+        self._aca = None
+        self.dense_groups = list(self.near_groups)
         plan, rows, cols = [], [], []
         for ids in self._mine(True).values():
             m = max(t.size(self.blocks[i].row) for i in ids)
@@ -362,6 +379,174 @@ class HMatrix:
             ranks = np.full(len(ids), U.shape[2])
             self.lr_groups.append(_Group(ids, R, C, torch.from_numpy(U).to(self.dtype),
                                          torch.from_numpy(V).to(self.dtype), ranks))
+        self._finish()
+
+    def compress_aca(self, kernel: Kernel, tol: float, max_rank: int = 0,
+                     agree_any: Callable[[bool], bool] | None = None) -> None:
+        """(Re)build the low-rank blocks this process owns to the relative tolerance ``tol``.
+
+        Adaptive cross approximation with partial pivoting (Bebendorf), all blocks at once:
+        each step evaluates one pivot row and one pivot column of every unconverged block in
+        a single kernel call each (so the number of kernel calls is twice the largest rank,
+        not a call per block; ``agree_any`` makes it the same on every process).  The first
+        pivot row is the middle of the cluster, the next one the largest entry of the last
+        column among the rows not used yet (a zero residual row: another unused row; three
+        in a row end the block).  A block stops when ``|u_k| |v_k| <= tol |S_k|_F``
+        (``S_k`` the approximant, its norm updated exactly).  The factors are then
+        recompressed (QR of ``U`` and ``V``, SVD of the small core ``R_U R_V^T``) to the
+        smallest rank ``r`` with ``sqrt(sum_{i>r} s_i^2) <= tol |s|``: a relative Frobenius
+        error of about ``tol`` per block.  A block whose rank would pass ``max_rank``
+        (default, and at most, the break-even rank ``m n / (m + n)`` above which low rank
+        stops saving storage) is evaluated whole and stored dense instead.
+
+        Called again with a smaller ``tol`` (the a posteriori check's refinement), it
+        resumes: the blocks whose last ACA step was above the new tolerance continue from
+        their factors, and blocks already evaluated whole are not evaluated again.
+        """
+        t = self.tree
+        n_pts = len(t.perm)
+        agree = agree_any or bool
+        resume = self._aca is not None and tol <= self.tol and self._aca[0] == max_rank
+        self.tol = float(tol)
+        states = self._aca[1] if resume else []
+        for st in states:  # resume: continue the blocks not yet within tol (dense at the cap)
+            short = ~st["over"] & ~st["final"] & (st["ratio"] > tol)
+            st["over"] |= short & (st["k"] >= st["cap"])
+            st["active"] = short & (st["k"] < st["cap"])
+        for gids in ([] if resume else self._mine(True).values()):
+            ids = np.array(gids, dtype=int)
+            m = max(t.size(self.blocks[i].row) for i in ids)
+            nn = max(t.size(self.blocks[i].col) for i in ids)
+            R, msz = self._index([self.blocks[i].row for i in ids], m)
+            C, nsz = self._index([self.blocks[i].col for i in ids], nn)
+            cap = np.maximum(1, (msz * nsz) // (msz + nsz))
+            if max_rank > 0:
+                cap = np.minimum(cap, max_rank)
+            B = len(ids)
+            rng = np.random.default_rng(0)
+            states.append(dict(
+                ids=ids, R=R, C=C, msz=msz, nsz=nsz, cap=cap, rv=R < n_pts, cv=C < n_pts,
+                U=np.zeros((B, m, 0)), V=np.zeros((B, nn, 0)), k=np.zeros(B, dtype=int),
+                norm2=np.zeros(B), used=R >= n_pts, piv=msz // 2, misses=np.zeros(B, int),
+                order=rng.random((B, m)), active=np.ones(B, dtype=bool),
+                over=np.zeros(B, dtype=bool), final=np.zeros(B, dtype=bool),
+                ratio=np.full(B, np.inf), whole={}, jp=None, prow=None, act=None))
+        self._aca = (max_rank, states)
+        while agree(any(st["active"].any() for st in states)):
+            # pivot rows: K(i*, J) minus the approximant, every group in one call
+            rows, cols = [], []
+            for st in states:
+                st["act"] = act = np.nonzero(st["active"])[0]
+                ri = st["R"][act, st["piv"][act]]
+                rows.append(np.repeat(ri, st["nsz"][act]))
+                cols.append(_cat([st["C"][a, :st["nsz"][a]] for a in act]))
+            vals = _eval(kernel, t.perm, rows, cols)
+            rows, cols = [], []
+            for st, v_ in zip(states, vals, strict=True):
+                act, U, V = st["act"], st["U"], st["V"]
+                row = np.zeros((len(act), V.shape[1]))
+                row[st["cv"][act]] = v_
+                row -= np.einsum("as,ans->an", U[act, st["piv"][act]], V[act])
+                st["used"][act, st["piv"][act]] = True
+                jp = np.where(st["cv"][act], np.abs(row), -1.0).argmax(1)
+                piv = row[np.arange(len(act)), jp]
+                scale = np.maximum(np.sqrt(st["norm2"][act]), np.abs(row).max(1, initial=0.0))
+                ok = np.abs(piv) > 1e-14 * scale + 1e-300
+                full = st["k"][act] >= st["cap"][act]
+                st["over"][act[full & ok]] = True  # at the cap, not converged: dense
+                st["active"][act[full]] = False
+                miss = act[~ok & ~full]
+                st["misses"][miss] += 1
+                left = np.where(st["used"][miss], -1.0, st["order"][miss])
+                st["piv"][miss] = left.argmax(1)
+                end = miss[(st["misses"][miss] >= 3) | (left.max(1, initial=-1.0) < 0)]
+                st["active"][end] = False
+                st["final"][end] = True
+                go = ok & ~full
+                st["misses"][act[go]] = 0
+                st["act"], st["prow"], st["jp"] = act[go], row[go] / piv[go, None], jp[go]
+                act, jp = act[go], jp[go]
+                cj = st["C"][act, jp]
+                rows.append(_cat([st["R"][a, :st["msz"][a]] for a in act]))
+                cols.append(np.repeat(cj, st["msz"][act]))
+            # pivot columns: K(I, j*) minus the approximant
+            vals = _eval(kernel, t.perm, rows, cols)
+            for st, v_ in zip(states, vals, strict=True):
+                act, jp, U, V = st["act"], st["jp"], st["U"], st["V"]
+                col = np.zeros((len(act), U.shape[1]))
+                col[st["rv"][act]] = v_
+                col -= np.einsum("ams,as->am", U[act], V[act, jp])
+                u, v = col, st["prow"]  # K ~ sum u v^T with v scaled by 1 / pivot
+                s = st["k"][act]
+                if len(act) and s.max() >= U.shape[2]:  # grow the factors by 16 columns
+                    st["U"] = U = np.concatenate([U, np.zeros((*U.shape[:2], 16))], axis=2)
+                    st["V"] = V = np.concatenate([V, np.zeros((*V.shape[:2], 16))], axis=2)
+                # |S_k|^2 = |S_{k-1}|^2 + 2 sum_l (u . U_l)(v . V_l) + |u|^2 |v|^2
+                cross = np.einsum("am,ams->as", u, U[act]) * np.einsum("an,ans->as", v, V[act])
+                uv = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
+                st["norm2"][act] += 2 * cross.sum(1) + uv**2
+                U[act, :, s] = u
+                V[act, :, s] = v
+                st["k"][act] += 1
+                st["ratio"][act] = uv / np.maximum(np.sqrt(np.maximum(st["norm2"][act], 0.0)),
+                                                   1e-300)
+                st["active"][act[st["ratio"][act] <= tol]] = False
+                nxt = np.where(st["used"][act], -1.0, np.abs(u))
+                st["piv"][act] = nxt.argmax(1)
+                end = act[nxt.max(1, initial=-1.0) < 0]  # every row used: exact
+                st["active"][end] = False
+                st["final"][end] = True
+        # recompression (QR of both factors, SVD of the core, truncation to tol); blocks
+        # over their cap are evaluated whole (one call for all) and stored dense
+        rows, cols, plans = [], [], []
+        for st in states:
+            kk = max(int(st["k"].max(initial=0)), 1)
+            U = np.concatenate([st["U"], np.zeros((*st["U"].shape[:2], 1))], axis=2)[:, :, :kk]
+            V = np.concatenate([st["V"], np.zeros((*st["V"].shape[:2], 1))], axis=2)[:, :, :kk]
+            Qu, Ru = np.linalg.qr(U)
+            Qv, Rv = np.linalg.qr(V)
+            u_, s_, vt_ = np.linalg.svd(Ru @ Rv.transpose(0, 2, 1))
+            # tail[:, r] = |s_{r:}|: the error of keeping r singular values
+            tail = np.sqrt(np.cumsum((s_**2)[:, ::-1], axis=1)[:, ::-1])
+            tail = np.concatenate([tail, np.zeros((len(tail), 1))], axis=1)
+            rk = np.maximum(np.argmax(tail <= tol * tail[:, :1], axis=1),
+                            np.minimum(st["k"], 1))
+            st["Uf"], st["Vf"], st["rk"] = Qu @ (u_ * s_[:, None, :]), \
+                Qv @ vt_.transpose(0, 2, 1), rk
+            dense = np.array([a for a in np.nonzero(st["over"])[0] if a not in st["whole"]],
+                             dtype=int)
+            valid = st["rv"][dense, :, None] & st["cv"][dense, None, :]
+            rows.append(t.perm[np.broadcast_to(st["R"][dense, :, None], valid.shape)[valid]])
+            cols.append(t.perm[np.broadcast_to(st["C"][dense, None, :], valid.shape)[valid]])
+            plans.append((dense, valid))
+        vals = kernel(_cat(rows), _cat(cols))
+        self.dense_groups = list(self.near_groups)
+        self.lr_groups = []
+        off = 0
+        for st, (dense, valid) in zip(states, plans, strict=True):
+            if len(dense):
+                D = np.zeros(valid.shape)
+                D[valid] = vals[off:off + int(valid.sum())]
+                off += int(valid.sum())
+                st["whole"].update(zip(dense.tolist(), D, strict=True))
+            dense = np.nonzero(st["over"])[0]
+            if len(dense):
+                D = np.stack([st["whole"][a] for a in dense])
+                self.dense_groups.append(_Group(st["ids"][dense], st["R"][dense],
+                                                st["C"][dense],
+                                                torch.from_numpy(D).to(self.dtype)))
+            lr = np.nonzero(~st["over"])[0]
+            if not len(lr):
+                continue
+            rk = st["rk"][lr]
+            r_ = int(rk.max())
+            keep = (np.arange(r_)[None, :] < rk[:, None])[:, None, :]
+            self.lr_groups.append(_Group(
+                st["ids"][lr], st["R"][lr], st["C"][lr],
+                torch.from_numpy(st["Uf"][lr, :, :r_] * keep).to(self.dtype),
+                torch.from_numpy(st["Vf"][lr, :, :r_] * keep).to(self.dtype), rk.copy()))
+        self.aca_steps = max((int(st["k"].max(initial=0)) for st in states), default=0)
+        self.aca_dense = sum(int(st["over"].sum()) for st in states)
         self._finish()
 
     def _finish(self) -> None:
@@ -462,6 +647,14 @@ class HMatrix:
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+
+
+def _eval(kernel: Kernel, perm: np.ndarray, rows: list[np.ndarray], cols: list[np.ndarray]
+          ) -> list[np.ndarray]:
+    """One kernel call for several lists of tree positions; the values split back."""
+    vals = kernel(perm[_cat(rows).astype(int)], perm[_cat(cols).astype(int)])
+    cuts = np.cumsum([len(r) for r in rows])[:-1]
+    return np.split(vals, cuts) if rows else []
 
 
 def _cur(C: np.ndarray, W: np.ndarray, R: np.ndarray, k: int,
