@@ -127,7 +127,10 @@ build_petsc() (
   tar -xzf "$tarball" -C "$PETSC_DIR" --strip-components=1
   cd "$PETSC_DIR"
   ./configure PETSC_ARCH="$PETSC_ARCH" "${PETSC_CONFIGURE_OPTS[@]}"
-  make PETSC_DIR="$PETSC_DIR" PETSC_ARCH="$PETSC_ARCH" -j"$(nproc)" all
+  # No -j here: PETSc's makefile then runs its own -j MAKE_NP -l MAKE_LOAD (every
+  # core, found by configure).  `-j"$(nproc)"` built serially under `make setup`:
+  # coreutils' nproc obeys OMP_NUM_THREADS, which the Makefile sets to 1.
+  make PETSC_DIR="$PETSC_DIR" PETSC_ARCH="$PETSC_ARCH" all
 )
 
 PY=$VENV/bin/python

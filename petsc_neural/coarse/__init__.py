@@ -15,7 +15,7 @@ from .aggregation import (
     prepend_constant,
     project_out_constant,
 )
-from .mg import aij_operator, mg_hierarchy, two_level_mg
+from .mg import COARSE_SOLVES, aij_operator, coarse_solve_options, mg_hierarchy, two_level_mg
 from .prolongation import block_prolongator, dense_prolongator, smooth_prolongator
 from .smoothed import coordinate_start_vectors, smoothed_vectors, start_vectors, svd_basis
 
@@ -28,6 +28,8 @@ __all__ = [
     "project_out_constant",
     "two_level_mg",
     "mg_hierarchy",
+    "coarse_solve_options",
+    "COARSE_SOLVES",
     "aij_operator",
     "block_prolongator",
     "dense_prolongator",

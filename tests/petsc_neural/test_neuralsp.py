@@ -319,6 +319,12 @@ def test_option_errors_name_the_problem():
             NeuraLSP().read_options(pc)
     finally:
         opts.delValue("t_nsp_pc_neuralsp_basis")
+    opts["t_nsp_pc_neuralsp_coarse"] = "qr"
+    try:
+        with pytest.raises(NeuralPCError, match="coarse must be one of auto, lu, mumps, gamg"):
+            NeuraLSP().read_options(pc)
+    finally:
+        opts.delValue("t_nsp_pc_neuralsp_coarse")
     assert issubclass(ModelMismatchError, NeuralPCError)
 
 
@@ -372,6 +378,33 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
     assert abs(parallel - serial) <= 0.1 * serial, its
     if basis == "svd":  # a global basis: the same S0, the same subspace, the same iterations
         assert parallel == serial, its
+
+
+def test_coarse_solves_are_linear_and_auto_switches_to_gamg_above_its_threshold():
+    """-pc_neuralsp_coarse: LU and MUMPS give the same cycle; GAMG keeps CG valid."""
+    p = problem("poisson", 12, seed=3)
+    n = p.A.getSize()[0]
+    base = {"pc_neuralsp_basis": "local_svd"}
+    _, ksp_lu = solve(p, **base, pc_neuralsp_coarse="lu")
+    coarse = ksp_lu.getPC().getPythonContext().inner.getMGCoarseSolve().getPC()
+    assert coarse.getType() == "lu"
+    M_lu = pc_matrix(ksp_lu.getPC(), n)
+    if PETSc.Sys.hasExternalPackage("mumps"):
+        _, ksp_mumps = solve(p, **base, pc_neuralsp_coarse="mumps")
+        coarse = ksp_mumps.getPC().getPythonContext().inner.getMGCoarseSolve().getPC()
+        assert coarse.getFactorSolverType() == "mumps"
+        M_mumps = pc_matrix(ksp_mumps.getPC(), n)
+        assert np.abs(M_mumps - M_lu).max() <= 1e-10 * np.abs(M_lu).max()
+    # auto above its threshold: one GAMG cycle on the coarse operator
+    _, ksp_g = solve(p, **base, pc_neuralsp_coarse_direct_max=4)
+    ctx = ksp_g.getPC().getPythonContext()
+    assert ctx.coarse_size > 4
+    assert ctx.inner.getMGCoarseSolve().getPC().getType() == "gamg"
+    assert ksp_g.getConvergedReason() > 0
+    assert ksp_g.getIterationNumber() <= ksp_lu.getIterationNumber() + 3
+    M_g = pc_matrix(ksp_g.getPC(), n)
+    assert np.abs(M_g - M_g.T).max() <= 1e-8 * np.abs(M_g).max()  # symmetric: CG-valid
+    assert np.linalg.eigvalsh(0.5 * (M_g + M_g.T)).min() > 0
 
 
 def test_shipped_local_model_loads_and_preconditions():
