@@ -32,28 +32,35 @@ COARSE_SOLVES = ("auto", "lu", "mumps", "gamg")
 
 def coarse_solve_options(kind: str, comm: PETSc.Comm, rows: int,
                          direct_max: int = 20000, cycles: int = 4,
-                         sparse: bool = True) -> dict[str, Any]:
+                         sparse: bool = True, has_mumps: bool | None = None) -> dict[str, Any]:
     """PCMG options (``mg_coarse_*``) for the coarse solve of a ``rows``-row coarse operator.
 
     ``lu``: PETSc's own LU (redundant LU on several ranks); ``mumps``: MUMPS's
     parallel multifrontal LU (no redundant copies); ``gamg``: ``cycles`` GAMG
     V-cycles (a fixed number of Richardson steps from zero, no norm test, so the
     two-level method stays linear, symmetric, and valid under CG);
-    ``auto``: a direct solve up to ``direct_max`` rows (MUMPS where PETSc has
-    it and the coarse operator is sparse; a dense prolongator gives a dense
-    one, which only PETSc's LU takes), GAMG above.  Why: a two-level coarse
-    space on a 3D mesh is large and its Galerkin operator dense-ish (r
-    columns per aggregate, 27 neighbouring aggregates), and a sparse LU of it
-    grows far faster than its rows (65^3 Poisson, 60,010 coarse rows: PETSc
-    LU 490 s, MUMPS 27 s, 4 GAMG cycles 5.6 s of setup for 10 outer
-    iterations instead of 7), while an AMG cycle is linear in its size.
+    ``auto``: MUMPS where PETSc has it and the coarse operator is sparse,
+    whatever its size; otherwise PETSc's LU up to ``direct_max`` rows and GAMG
+    above (a dense prolongator gives a dense coarse operator, which only
+    PETSc's LU takes).  Why not PETSc's LU throughout: a two-level coarse space
+    on a 3D mesh is large and its Galerkin operator dense-ish (r columns per
+    aggregate, 27 neighbouring aggregates), and PETSc's sparse LU of it took
+    490 s on 65^3 Poisson (60,010 coarse rows) where MUMPS takes 27 s.  Why
+    not GAMG by size: on 2D coarse operators a few GAMG cycles cost most of
+    the coarse space's effect (257^2 Poisson: 29 outer iterations against 6;
+    513^2: 50 against 7), while 3D keeps most of it (65^3: 10 against 7, setup
+    5.6 s against 27 s).
     """
     if kind not in COARSE_SOLVES:
         raise NeuralPCError(f"coarse solve must be one of {', '.join(COARSE_SOLVES)}, "
                             f"got {kind!r}")
-    has_mumps = PETSc.Sys.hasExternalPackage("mumps")
+    if has_mumps is None:  # given only by tests of the choice
+        has_mumps = bool(PETSc.Sys.hasExternalPackage("mumps"))
     if kind == "auto":
-        kind = "gamg" if rows > direct_max else ("mumps" if has_mumps and sparse else "lu")
+        if has_mumps and sparse:
+            kind = "mumps"
+        else:
+            kind = "gamg" if rows > direct_max and sparse else "lu"
     if kind in ("mumps", "gamg") and not sparse:
         raise NeuralPCError(f"coarse solve {kind} needs a sparse coarse operator; this one "
                             "is dense (a dense prolongator): use lu or auto")

@@ -12,9 +12,10 @@ Seed 001 (Benanti, Han, Qin, *NeuraLSP*).  At setup, and only then:
 3. ``P`` becomes a PETSc ``Mat`` and the preconditioner is a two-level
    ``PCMG``: Galerkin coarse operator ``P^T A P`` (``-pc_mg_galerkin both``),
    damped Jacobi smoothing (``omega = 0.66``, ``nu1 = nu2 = 5``, Algorithm 1)
-   or Chebyshev/Jacobi, and a direct coarse solve (a few GAMG V-cycles when the
-   coarse space is large: a deviation, see ``-pc_neuralsp_coarse``).  Every apply is PETSc's
-   V-cycle, so the preconditioner is linear, symmetric, and valid for CG.
+   or Chebyshev/Jacobi, and a direct coarse solve (MUMPS; a few GAMG V-cycles
+   for a large coarse space without MUMPS or on request: a deviation, see
+   ``-pc_neuralsp_coarse``).  Every apply is PETSc's V-cycle, so the
+   preconditioner is linear, symmetric, and valid for CG.
 
 Two kinds of model (``pcshell`` model files with method ``"neuralsp"``):
 
@@ -80,15 +81,17 @@ Options (prefix ``-[pc prefix]pc_neuralsp_``), besides the common
 ``-pc_neuralsp_max_aggregate m``
     Largest aggregate, in rows (default 64; bounds the memory of a local basis
     on 3D meshes).
-``-pc_neuralsp_coarse auto|lu|mumps|gamg`` / ``-pc_neuralsp_coarse_direct_max m``
-    The coarse solve (default ``auto``: MUMPS's LU, or PETSc's LU (redundant on
-    several ranks) without MUMPS, up to ``m`` = 20000 coarse rows; above that
-    ``-pc_neuralsp_coarse_cycles`` (4) GAMG V-cycles, a fixed number of
+``-pc_neuralsp_coarse auto|lu|mumps|gamg``, ``-pc_neuralsp_coarse_direct_max m``,
+``-pc_neuralsp_coarse_cycles c``
+    The coarse solve.  Default ``auto``: MUMPS's LU when PETSc has MUMPS (any
+    size); without it PETSc's LU (redundant on several ranks) up to ``m`` =
+    20000 coarse rows and ``c`` = 4 GAMG V-cycles above (a fixed number of
     Richardson steps: linear and valid under CG).  The paper solves its coarse
     problem (n_c = r <= 64) exactly; a local coarse space on a 3D mesh has tens
-    of thousands of rows and a dense-ish Galerkin operator whose sparse LU
+    of thousands of rows and a dense-ish Galerkin operator whose PETSc LU
     dominated the setup (65^3 Poisson, 60,010 coarse rows: PETSc LU 490 s,
-    MUMPS 27 s and 7 iterations, 4 GAMG cycles 5.6 s and 10 iterations).
+    MUMPS 27 s and 7 iterations, ``gamg`` 5.6 s and 10 iterations; on 2D
+    meshes ``gamg`` costs far more iterations: 29 against 6 at 257^2).
 ``-pc_neuralsp_seed s``
     Seed of the random start vectors ``S0`` (default 0).  When the PC has
     node coordinates (``PCSetCoordinates``, which ``firedrake_problems`` and
@@ -214,10 +217,11 @@ class NeuraLSP(ShippedModel, SetupNetworkPC):
                    low=0.0),
             Option("max_aggregate", MAX_AGGREGATE, "largest aggregate (rows)", low=2),
             Option("seed", 0, "seed of the random start vectors"),
-            Option("coarse", "auto", "coarse solve: auto (direct up to coarse_direct_max "
-                   "rows, MUMPS where PETSc has it; GAMG V-cycle above), lu, mumps, gamg",
+            Option("coarse", "auto", "coarse solve: auto (MUMPS where PETSc has it; else "
+                   "LU up to coarse_direct_max rows, GAMG cycles above), lu, mumps, gamg",
                    choices=COARSE_SOLVES),
-            Option("coarse_direct_max", 20000, "largest coarse size solved directly by auto",
+            Option("coarse_direct_max", 20000, "largest coarse size auto solves by PETSc's LU "
+                   "when there is no MUMPS",
                    low=1),
             Option("coarse_cycles", 4, "GAMG V-cycles of a gamg coarse solve", low=1),
         ]
@@ -401,9 +405,8 @@ class NeuraLSP(ShippedModel, SetupNetworkPC):
             f"K = {s['K']} vectors, s1 = {s['sweeps']} Jacobi sweeps (omega "
             f"{self.opts['omega']}), smoothed P: {s['smooth_p']}, coarse size {self.coarse_size}"
         )
-        lines.append(f"coarse solve: {self.opts['coarse']} (direct up to "
-                     f"{self.opts['coarse_direct_max']} rows, else "
-                     f"{self.opts['coarse_cycles']} GAMG cycles; the inner PCMG below "
+        lines.append(f"coarse solve: {self.opts['coarse']} (gamg: "
+                     f"{self.opts['coarse_cycles']} cycles; the inner PCMG below "
                      "shows the solver chosen)")
         lines.append(f"random start vectors keyed by {self.start_keyed_by} (seed "
                      f"{self.opts['seed']})")

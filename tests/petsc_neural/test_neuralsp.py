@@ -380,7 +380,7 @@ def test_two_ranks_iterations_within_ten_percent_of_serial(basis, tmp_path):
         assert parallel == serial, its
 
 
-def test_coarse_solves_are_linear_and_auto_switches_to_gamg_above_its_threshold():
+def test_coarse_solves_lu_mumps_gamg_are_linear_and_cg_valid():
     """-pc_neuralsp_coarse: LU and MUMPS give the same cycle; GAMG keeps CG valid."""
     p = problem("poisson", 12, seed=3)
     n = p.A.getSize()[0]
@@ -389,22 +389,46 @@ def test_coarse_solves_are_linear_and_auto_switches_to_gamg_above_its_threshold(
     coarse = ksp_lu.getPC().getPythonContext().inner.getMGCoarseSolve().getPC()
     assert coarse.getType() == "lu"
     M_lu = pc_matrix(ksp_lu.getPC(), n)
-    if PETSc.Sys.hasExternalPackage("mumps"):
-        _, ksp_mumps = solve(p, **base, pc_neuralsp_coarse="mumps")
-        coarse = ksp_mumps.getPC().getPythonContext().inner.getMGCoarseSolve().getPC()
-        assert coarse.getFactorSolverType() == "mumps"
-        M_mumps = pc_matrix(ksp_mumps.getPC(), n)
-        assert np.abs(M_mumps - M_lu).max() <= 1e-10 * np.abs(M_lu).max()
-    # auto above its threshold: one GAMG cycle on the coarse operator
-    _, ksp_g = solve(p, **base, pc_neuralsp_coarse_direct_max=4)
+    assert PETSc.Sys.hasExternalPackage("mumps"), "the project's PETSc is configured with MUMPS"
+    _, ksp_mumps = solve(p, **base)  # auto
+    coarse = ksp_mumps.getPC().getPythonContext().inner.getMGCoarseSolve().getPC()
+    assert coarse.getFactorSolverType() == "mumps"
+    M_mumps = pc_matrix(ksp_mumps.getPC(), n)
+    assert np.abs(M_mumps - M_lu).max() <= 1e-10 * np.abs(M_lu).max()
+    # gamg: a fixed number of GAMG cycles on the coarse operator
+    _, ksp_g = solve(p, **base, pc_neuralsp_coarse="gamg")
     ctx = ksp_g.getPC().getPythonContext()
-    assert ctx.coarse_size > 4
     assert ctx.inner.getMGCoarseSolve().getPC().getType() == "gamg"
     assert ksp_g.getConvergedReason() > 0
     assert ksp_g.getIterationNumber() <= ksp_lu.getIterationNumber() + 3
     M_g = pc_matrix(ksp_g.getPC(), n)
     assert np.abs(M_g - M_g.T).max() <= 1e-8 * np.abs(M_g).max()  # symmetric: CG-valid
     assert np.linalg.eigvalsh(0.5 * (M_g + M_g.T)).min() > 0
+
+
+def test_auto_coarse_solve_picks_mumps_else_lu_up_to_its_threshold():
+    from petsc_neural.coarse import coarse_solve_options
+
+    comm = PETSc.COMM_SELF
+    for mumps in (True, False):
+        small = coarse_solve_options("auto", comm, 100, direct_max=1000, has_mumps=mumps)
+        large = coarse_solve_options("auto", comm, 5000, direct_max=1000, has_mumps=mumps)
+        dense = coarse_solve_options("auto", comm, 5000, direct_max=1000, sparse=False,
+                                     has_mumps=mumps)
+        if mumps:
+            assert small["mg_coarse_pc_factor_mat_solver_type"] == "mumps"
+            assert large["mg_coarse_pc_factor_mat_solver_type"] == "mumps"
+        else:
+            assert small["mg_coarse_pc_type"] == "lu" and "mg_coarse_pc_factor_mat_solver_type" \
+                not in small
+            assert large["mg_coarse_pc_type"] == "gamg"
+            assert large["mg_coarse_ksp_max_it"] == 4 and large["mg_coarse_ksp_norm_type"] == "none"
+            with pytest.raises(NeuralPCError, match="without MUMPS"):
+                coarse_solve_options("mumps", comm, 100, has_mumps=False)
+        assert dense["mg_coarse_pc_type"] == "lu" and "mg_coarse_pc_factor_mat_solver_type" \
+            not in dense
+        with pytest.raises(NeuralPCError, match="sparse coarse operator"):
+            coarse_solve_options("gamg", comm, 100, sparse=False)
 
 
 def test_shipped_local_model_loads_and_preconditions():
