@@ -105,6 +105,12 @@ def summary(res: dict[int, dict], config: str = SUITE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pc_name(pc: str) -> str:
+    """A short legend name: ``lu:pc_factor_mat_solver_type=mumps`` -> ``lu (mumps)``."""
+    name, _, opts = pc.partition(":")
+    return f"{name} ({opts.split('=')[-1]})" if opts else name
+
+
 def plot(res: dict[int, dict], path: str) -> None:
     import matplotlib
 
@@ -112,7 +118,7 @@ def plot(res: dict[int, dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(_label(c) for r in res.values() for c in r["cases"]))
-    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 6.2), squeeze=False)
     colors: dict[str, str] = {}
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, label in zip(axes[0], labels, strict=True):
@@ -125,13 +131,15 @@ def plot(res: dict[int, dict], path: str) -> None:
                 pts.sort()
                 color = colors.setdefault(pc, cycle[len(colors) % len(cycle)])
                 ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-" if n == 1 else "s--",
-                          color=color, label=f"{pc} ({n} rank{'s' if n > 1 else ''})")
+                          color=color, label=f"{_pc_name(pc)} ({n} rank{'s' if n > 1 else ''})")
         ax.set_xlabel("dofs")
         ax.set_ylabel("setup + solve time (s)")
         ax.set_title(f"{label}: time to solution (rtol 1e-8)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    # one legend under the panels, so no line is hidden behind it
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
