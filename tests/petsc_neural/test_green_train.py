@@ -154,6 +154,15 @@ def test_config_validation():
     assert TrainConfig(problem="reaction2d", preset="paper").resolved().n_near == 1500
 
 
+def test_balance_is_on_by_default_in_2d_only():
+    from petsc_neural.green.train import balance_default
+
+    assert balance_default("reaction2d") and balance_default("convection2d")
+    assert balance_default("rotated")
+    assert not balance_default("reaction1d") and not balance_default("convection1d")
+    assert balance_default("reaction1d", "on") and not balance_default("reaction2d", "off")
+
+
 def test_cli_train_green(tmp_path, capsys):
     from petsc_neural.cli import main
 
@@ -161,4 +170,6 @@ def test_cli_train_green(tmp_path, capsys):
     assert main(["train", "green", "--problem", "reaction1d", "--epochs", "1,1,1,1",
                  "--batches-per-epoch", "2", "--no-progress", "-o", out]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert load_model(out, method="green").metadata.training["steps_done"] == 8
+    training = load_model(out, method="green").metadata.training
+    assert training["steps_done"] == 8
+    assert training.get("balance", False) is False  # auto: off in 1D
