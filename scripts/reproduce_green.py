@@ -585,7 +585,9 @@ def report(store: dict, args) -> None:
         "# GreenInverse (seed 003): reproduction",
         "",
         f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by "
-        f"`scripts/reproduce_green.py` on {platform.node()} ({platform.processor() or 'cpu'}, "
+        f"`python scripts/reproduce_green.py {' '.join(sys.argv[1:])}` (this report's last "
+        f"run; earlier rows may come from runs with other --parts) on {platform.node()} "
+        f"({platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores shared with other jobs; timings are wall-clock on that "
         "machine).  FGMRES(50), ||r||/||b|| < 1e-6 (unpreconditioned norm), at most 500 "
         "iterations, zero start, 3 right-hand sides U[-0.5, 0.5]: mean ± std of the "
