@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "gpu_proof", os.path.join(ROOT, "benchmarks", "gpu_proof.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_helpers import load_script
 
 
 def test_gpu_proof_small(tmp_path):
     out = tmp_path / "gpu.md"
-    assert _load().main(["--size", "16", "--out", str(out)]) == 0
+    assert load_script("benchmarks/gpu_proof.py").main(["--size", "16", "--out", str(out)]) == 0
     res = json.loads((tmp_path / "gpu.json").read_text())
     cpu = res["runs"]["cpu"]
     assert cpu["reason"] > 0 and cpu["true_relative_residual"] < 1e-7

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "scaling_suite", os.path.join(ROOT, "scripts", "scaling_suite.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_helpers import load_script
 
 
 def test_tiny_suite_end_to_end(tmp_path):
@@ -24,7 +14,8 @@ def test_tiny_suite_end_to_end(tmp_path):
         "ksps": ["fgmres"], "pcs": ["gamg", "jacobi", "none"], "rtol": 1e-8,
         "max_it": 2000, "repeat": 1, "max_dofs": {"none": 100}}))
     out = tmp_path / "out"
-    assert _load().main(["--nprocs", "1", "--config", str(config), "--out", str(out)]) == 0
+    suite = load_script("scripts/scaling_suite.py")
+    assert suite.main(["--nprocs", "1", "--config", str(config), "--out", str(out)]) == 0
     res = json.loads((out / "np1" / "results.json").read_text())
     text = (out / "summary.md").read_text()
     assert (out / "time_vs_dofs.png").stat().st_size > 0

@@ -313,18 +313,15 @@ def test_option_errors_name_the_problem():
     pc = PETSc.PC().create(comm=PETSc.COMM_SELF)
     pc.setOptionsPrefix("t_nsp_")
     opts = PETSc.Options()
-    opts["t_nsp_pc_neuralsp_basis"] = "eigen"
-    try:
-        with pytest.raises(NeuralPCError, match="basis must be one of model, svd, local_svd"):
-            NeuraLSP().read_options(pc)
-    finally:
-        opts.delValue("t_nsp_pc_neuralsp_basis")
-    opts["t_nsp_pc_neuralsp_coarse"] = "qr"
-    try:
-        with pytest.raises(NeuralPCError, match="coarse must be one of auto, lu, mumps, gamg"):
-            NeuraLSP().read_options(pc)
-    finally:
-        opts.delValue("t_nsp_pc_neuralsp_coarse")
+    for name, value, message in (
+            ("basis", "eigen", "basis must be one of model, svd, local_svd"),
+            ("coarse", "qr", "coarse must be one of auto, lu, mumps, gamg")):
+        opts[f"t_nsp_pc_neuralsp_{name}"] = value
+        try:
+            with pytest.raises(NeuralPCError, match=message):
+                NeuraLSP().read_options(pc)
+        finally:
+            opts.delValue(f"t_nsp_pc_neuralsp_{name}")
     assert issubclass(ModelMismatchError, NeuralPCError)
 
 

@@ -88,6 +88,31 @@ def test_neuralsp_network_failure_on_one_rank_does_not_hang(tmp_path, policy):
         assert ctx.fallback_reason is not None and "rank(s) [1]" in ctx.fallback_reason
 
 
+@pytest.mark.parallel(nprocs=2)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ksp_type,coarse", [("gmres", "auto"), ("cg", "auto"), ("cg", "gamg")])
+def test_neuralsp_with_an_empty_rank_converges_to_the_true_residual(ksp_type, coarse):
+    """Rank 1 owns no rows; the coarse solve (MUMPS by default, or GAMG cycles) still works."""
+    comm = PETSc.COMM_WORLD
+    assert comm.getSize() == 2
+    A = grid_matrix(12, local_rows=144 if comm.rank == 0 else 0)
+    assert A.getOwnershipRange()[1] - A.getOwnershipRange()[0] == (144 if comm.rank == 0 else 0)
+    ksp = _ksp(A, ksp_type=ksp_type, pc_neuralsp_coarse=coarse)
+    b = A.createVecLeft()
+    b.setRandom()
+    x = b.duplicate()
+    ksp.solve(b, x)
+    assert ksp.getConvergedReason() > 0
+    assert ksp.getIterationNumber() <= 30
+    r = b.duplicate()
+    A.mult(x, r)
+    r.aypx(-1.0, b)
+    assert r.norm() <= 1e-5 * b.norm()  # NEURALSP: rtol 1e-6, unpreconditioned norm
+    if coarse == "auto":
+        cpc = ksp.getPC().getPythonContext().inner.getMGCoarseSolve().getPC()
+        assert cpc.getFactorSolverType() == "mumps"
+
+
 def test_neuralsp_fallback_triggers_and_is_viewed(tmp_path):
     A = grid_matrix(10, comm=PETSc.COMM_SELF)
     path = local_model(tmp_path / "nan.pt", nan_above=0)
