@@ -177,7 +177,7 @@ def test_parametric_model_needs_theta_and_uses_it(tmp_path):
         p.make_ksp(green(model, format="dense"))
     assert "theta" in str(info.value.__cause__)
     v = np.random.default_rng(2).standard_normal(144)
-    out = apply_pc(p.make_ksp(green(model, format="dense", theta=0.3)), v)
+    out = apply_pc(p.make_ksp(green(model, format="dense", theta=0.3, boundary="none")), v)
     ref, _ = exact_green_matvec(ParamKernel(), p.coordinates, v, 1 / 13, 2,
                                 params=theta_params(0.3))
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
@@ -322,3 +322,64 @@ def test_weight_option(smooth_model):
     assert fit.getPC().getPythonContext().info["weight"].endswith("least-squares fit)")
     assert math.isfinite(float(fit.getPC().getPythonContext().info["weight"].split()[0]))
 
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_boundary_blend_enforces_the_dirichlet_condition_exactly(dim):
+    import torch
+
+    from petsc_neural.green.boundary import BoundaryBlend
+
+    rng = np.random.default_rng(5)
+    module = ScreenedGreen2D(kappa=3.0) if dim == 2 else ScreenedKernel(0.5)
+    X = rng.uniform(0.05, 0.95, (40, dim))
+    # boundary points (one coordinate 0 or 1), a tensor grid's lines included
+    B = rng.uniform(0, 1, (12, dim))
+    B[np.arange(12), rng.integers(0, dim, 12)] = rng.integers(0, 2, 12)
+    P = np.vstack([X, B])
+    Pt = torch.from_numpy(P)
+
+    def evaluate(xa, ya):
+        return module(xa, ya, torch.zeros(len(xa), 0)).double().numpy()
+
+    rows = np.repeat(np.arange(len(P)), len(P))
+    cols = np.tile(np.arange(len(P)), len(P))
+    G = evaluate(Pt[rows], Pt[cols]).reshape(len(P), len(P))
+    outs = []
+    for max_table in (0.0, 10.0):  # per pair, tabulated: the same numbers
+        blend = BoundaryBlend(P, Pt, evaluate, PETSc.COMM_SELF, max_table=max_table)
+        assert blend.tabulated == (max_table > 0)
+        outs.append(G - blend(rows, cols).reshape(len(P), len(P)))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    Gt = outs[0]
+    assert np.abs(G[len(X):]).max() > 1e-2  # the raw kernel does not vanish there
+    np.testing.assert_allclose(Gt[len(X):], 0.0, atol=1e-10 * np.abs(G).max())
+    # a kernel that already vanishes on the boundary is left alone
+    lap = LaplaceGreen1D() if dim == 1 else None
+    if lap is not None:
+        def ev2(xa, ya):
+            return lap(xa, ya, torch.zeros(len(xa), 0)).double().numpy()
+        blend = BoundaryBlend(P, Pt, ev2, PETSc.COMM_SELF)
+        np.testing.assert_allclose(blend(rows, cols), 0.0, atol=1e-14)
+
+
+def test_boundary_blend_auto_follows_the_operator(tmp_path):
+    path = kernel_model(str(tmp_path / "s.pt"), ScreenedGreen2D(), 2)
+    seen = {}
+    for regime in ("reaction", "convection"):
+        p = make_problem("fd_cdr", 12, dim=2, regime=regime)
+        ctx = p.make_ksp(green(path, format="dense")).getPC().getPythonContext()
+        seen[regime] = ctx.info["boundary"]
+    assert seen["reaction"].startswith("boundary blend in x") and "auto" in seen["reaction"]
+    assert seen["convection"].startswith("boundary blend: none (auto")
+    p = make_problem("fd_cdr", 12, dim=2, regime="convection")
+    ksp_b = p.make_ksp(green(path, format="dense", boundary="blend"))
+    ctx = ksp_b.getPC().getPythonContext()
+    assert ctx.info["boundary"].endswith("(-pc_green_boundary blend)")
+    p = make_problem("fd_cdr", 12, dim=2, regime="reaction")
+    ksp_b = p.make_ksp(green(path, format="dense"))
+    ctx = ksp_b.getPC().getPythonContext()
+    ksp_r = p.make_ksp(green(path, format="dense", boundary="none"))
+    M_b = ctx.M.getDenseArray()
+    M_r = ksp_r.getPC().getPythonContext().M.getDenseArray()
+    assert not np.allclose(M_b, M_r)  # the kernel's boundary values are subtracted
