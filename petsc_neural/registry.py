@@ -147,7 +147,8 @@ METHODS: dict[str, MethodSpec] = {
             # only shipped models; the others are trained by
             # `petsc-neural train green --problem ...` (petsc_neural/models/README.md)
             models={"convection1d": "green_convection1d.pt", "reaction1d": "green_reaction1d.pt",
-                    "convection2d": "green_convection2d.pt", "reaction2d": "green_reaction2d.pt"},
+                    "convection2d": "green_convection2d.pt", "reaction2d": "green_reaction2d.pt",
+                    "rotated": "green_rotated.pt"},
         ),
     )
 }

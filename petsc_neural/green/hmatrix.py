@@ -593,7 +593,8 @@ class HMatrix:
         return y
 
     def sample_admissible(self, rng: np.random.Generator, s: int
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                     np.ndarray]:
         """``s`` random entries of the admissible blocks, weighted by block area (every
         process draws the same from the same ``rng``): block index, offsets in the block,
         and the original point indices ``(block, a, c, rows, cols)``."""
@@ -601,7 +602,7 @@ class HMatrix:
         lr = np.array([i for i, b in enumerate(self.blocks) if b.low_rank], dtype=int)
         if len(lr) == 0:
             z = np.zeros(0, int)
-            return z, z, z, z
+            return z, z, z, z, z
         area = np.array([t.size(self.blocks[i].row) * t.size(self.blocks[i].col) for i in lr],
                         dtype=float)
         blk = lr[rng.choice(len(lr), size=s, p=area / area.sum())]

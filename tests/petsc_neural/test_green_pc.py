@@ -206,7 +206,8 @@ def test_clear_errors(laplace_model, smooth_model):
     assert "pc_green_problem" in str(info.value.__cause__)
 
 
-def test_registry_lists_only_shipped_models_and_the_rest_name_the_training_command():
+def test_registry_lists_only_shipped_models_and_the_rest_name_the_training_command(
+        monkeypatch):
     import os
 
     from petsc_neural.green.train import PROBLEMS
@@ -224,8 +225,10 @@ def test_registry_lists_only_shipped_models_and_the_rest_name_the_training_comma
                       "pc_python_type": "petsc_neural.GreenInverse", "pc_green_problem": key})
     assert ksp.getPC().getPythonContext().model.path == spec.model_path(key)
     ksp.destroy()
+    assert set(spec.models) == set(PROBLEMS)  # every problem has a shipped kernel
+    # a problem without one (as in a checkout that dropped a file) names its command
+    monkeypatch.delitem(spec.models, "convection2d")
     missing = [k for k in PROBLEMS if k not in spec.models]
-    assert missing  # the 2D kernels are not shipped yet; drop this once they are
     p = make_problem("fd_cdr", 8, dim=2, regime="convection")
     with pytest.raises(PETSc.Error) as info:
         p.make_ksp({**FGMRES, "pc_type": "python",
@@ -383,3 +386,14 @@ def test_boundary_blend_auto_follows_the_operator(tmp_path):
     M_b = ctx.M.getDenseArray()
     M_r = ksp_r.getPC().getPythonContext().M.getDenseArray()
     assert not np.allclose(M_b, M_r)  # the kernel's boundary values are subtracted
+
+
+def test_hmatrix_without_admissible_blocks(smooth_model):
+    # a grid smaller than a leaf: every block is dense, nothing to sample or compress
+    p = make_problem("fd_cdr", 6, dim=2, regime="reaction")
+    ksp = p.make_ksp(green(smooth_model, format="hmatrix"))
+    ctx = ksp.getPC().getPythonContext()
+    assert ctx.info["blocks_low_rank"] == 0 and ctx.info["hmatrix_error"] == 0.0
+    ref = p.make_ksp(green(smooth_model, format="dense"))
+    v = np.random.default_rng(4).standard_normal(36)
+    np.testing.assert_allclose(apply_pc(ksp, v), apply_pc(ref, v), rtol=1e-12, atol=1e-14)
