@@ -322,6 +322,7 @@ def part_fig14(args, store: dict) -> None:
             if name in row and not args.redo:
                 continue
             row[name] = run_solves("rotated", 98, opts, extra={"theta": theta, "xi": 0.1})
+            row[name].pop("_products", None)
             log(f"fig14 theta={theta:.3f} {name}: its {row[name].get('its')} "
                 f"{row[name].get('error', '')}")
             save(store)
@@ -331,7 +332,7 @@ def part_p1(args, store: dict) -> None:
     """The 2D kernels discretised on a Firedrake P1 (jittered, unstructured) mesh."""
     out = store.setdefault("p1", {})
     for key in ("convection2d", "reaction2d"):
-        if not have_model(args, key):
+        if not have_model(args, key) or (args.problems and key not in args.problems):
             continue
         for N in [int(v) for v in args.sizes_p1.split(",")]:
             row = out.setdefault(key, {}).setdefault(str(N), {})
