@@ -332,7 +332,7 @@ def part_p1(args, store: dict) -> None:
     """The 2D kernels discretised on a Firedrake P1 (jittered, unstructured) mesh."""
     out = store.setdefault("p1", {})
     for key in ("convection2d", "reaction2d"):
-        if not have_model(args, key) or (args.problems and key not in args.problems):
+        if not have_model(args, key) or (args.problems and key not in args.problems.split(",")):
             continue
         for N in [int(v) for v in args.sizes_p1.split(",")]:
             row = out.setdefault(key, {}).setdefault(str(N), {})
