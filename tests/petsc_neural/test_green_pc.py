@@ -397,3 +397,49 @@ def test_hmatrix_without_admissible_blocks(smooth_model):
     ref = p.make_ksp(green(smooth_model, format="dense"))
     v = np.random.default_rng(4).standard_normal(36)
     np.testing.assert_allclose(apply_pc(ksp, v), apply_pc(ref, v), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parallel(nprocs=2)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ksp_type", ["gmres", "fgmres"])
+@pytest.mark.parametrize("table", [1.0, 0.0])  # blend tabulated / per pair
+def test_empty_rank_with_the_boundary_blend_matches_serial(ksp_type, table, tmp_path):
+    """Rank 1 owns no rows: the blend's tables and the H-matrix are still collective, the
+    solve (PETSc's default gmres too) reaches the true residual in the serial count."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    path = comm.bcast(kernel_model(str(tmp_path / "g.pt"), ScreenedGreen2D(kappa=5.0), 2)
+                      if comm.rank == 0 else None)
+    ser = make_problem("fd_cdr", 12, dim=2, regime="reaction", comm=PETSc.COMM_SELF)
+    n = ser.A.getSize()[0]
+    indptr, indices, values = ser.A.getValuesCSR()
+    mine = n if comm.rank == 0 else 0
+    A = PETSc.Mat().createAIJ(((mine, n), (mine, n)), comm=PETSc.COMM_WORLD)
+    if comm.rank == 0:
+        A.setPreallocationCSR((indptr, indices, values))
+    else:
+        A.setPreallocationCSR((np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0)))
+    A.assemble()
+    X = ser.coordinates if comm.rank == 0 else np.zeros((0, 2))
+    opts = {**green(path, format="hmatrix", leaf=16, boundary_table=table),
+            "ksp_type": ksp_type, "ksp_rtol": 1e-8}
+    ksp = ksp_for(A, X, opts)
+    ctx = ksp.getPC().getPythonContext()
+    assert ctx.info["boundary"].startswith("boundary blend in x")
+    assert ("tabulated" in ctx.info["boundary"]) == (table > 0)
+    b = A.createVecLeft()
+    rhs = np.random.default_rng(8).standard_normal(n)
+    b.setArray(rhs[:mine])
+    x = b.duplicate()
+    ksp.solve(b, x)
+    assert ksp.getConvergedReason() > 0
+    r = b.duplicate()
+    A.mult(x, r)
+    r.aypx(-1.0, b)
+    assert r.norm() <= 1e-6 * b.norm()
+    ref = ksp_for(ser.A, ser.coordinates, opts)
+    bs = ser.A.createVecLeft()
+    bs.setArray(rhs)
+    ref.solve(bs, bs.duplicate())
+    assert ksp.getIterationNumber() == ref.getIterationNumber()
