@@ -386,6 +386,7 @@ def part_moonshot(args, store: dict) -> None:
             if name == "GreenInverse H" and not args.moonshot_h:
                 continue
             row[name] = run_solves(key, N, opts)
+            row[name].pop("_products", None)
             log(f"moonshot {key} N={N} {name}: its {row[name].get('its')} setup "
                 f"{row[name].get('setup', 0):.1f}s solve {row[name].get('solve', 0):.2f}s")
             save(store)
