@@ -318,6 +318,8 @@ def part_fig14(args, store: dict) -> None:
                  ("H", green_opts(args, "rotated", "hmatrix", theta=theta))]
         if 98 * 98 <= args.dense_max:
             cases.insert(1, ("dense", green_opts(args, "rotated", "dense", theta=theta)))
+        if not args.no_classical:
+            cases += [(c, classical_opts(c, 98)) for c in CLASSICAL_NAMES]
         for name, opts in cases:
             if name in row and not args.redo:
                 continue
@@ -385,10 +387,14 @@ def part_moonshot(args, store: dict) -> None:
                 continue
             if name == "GreenInverse H" and not args.moonshot_h:
                 continue
+            t0 = time.perf_counter()
             row[name] = run_solves(key, N, opts)
             row[name].pop("_products", None)
+            if "error" in row[name]:
+                row[name]["wall"] = time.perf_counter() - t0
             log(f"moonshot {key} N={N} {name}: its {row[name].get('its')} setup "
-                f"{row[name].get('setup', 0):.1f}s solve {row[name].get('solve', 0):.2f}s")
+                f"{row[name].get('setup', 0):.1f}s solve {row[name].get('solve', 0):.2f}s "
+                f"{row[name].get('error', '')}")
             save(store)
 
 
@@ -422,10 +428,11 @@ def its_text(r: dict | None) -> str:
     return f"{its.mean():.1f} ± {its.std():.1f}"
 
 
-def table(rows: dict, cols: list[str], with_time: bool = True) -> list[str]:
-    head = "| N | n | " + " | ".join(cols) + " |"
+def table(rows: dict, cols: list[str], with_time: bool = True, key: str = "N") -> list[str]:
+    """Rows keyed by N (or by theta: ``key="theta"``), one cell per PC in ``cols``."""
+    head = f"| {key} | n | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
-    for N in sorted(rows, key=int):
+    for N in sorted(rows, key=float):
         row = rows[N]
         n = next((r["n"] for r in row.values() if "n" in r), "")
         cells = []
@@ -437,7 +444,8 @@ def table(rows: dict, cols: list[str], with_time: bool = True) -> list[str]:
                 mem = f"{mem:.1f} MB" if mem >= 1 else f"{mem * 1024:.0f} KB"
                 t += f" ({r['setup']:.2f}+{r['solve']:.3f}s, {mem})"
             cells.append(t)
-        lines.append(f"| {N} | {n} | " + " | ".join(cells) + " |")
+        label = f"{float(N):.3f}" if key == "theta" else N
+        lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -541,12 +549,13 @@ def plot_fig14(store: dict) -> None:
         return
     th = sorted(data, key=float)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, style in (("none", "k--o"), ("dense", "b-s"), ("H", "r-^")):
+    for name, style in (("none", "k--o"), ("dense", "b-s"), ("H", "r-^"), ("ilu", "g:."),
+                        ("gamg0", "m:."), ("mg", "c:.")):
         xs = [float(t) for t in th if name in data[t] and "its" in data[t][name]
               and all(x > 0 for x in data[t][name]["reasons"])]
         ys = [np.mean(data[f"{t:.4f}"][name]["its"]) for t in xs]
         if xs:
-            ax.plot(xs, ys, style, label=name)
+            ax.plot(xs, ys, style, label=CLASSICAL_NAMES.get(name, name))
         for t in th:
             r = data[t].get(name)
             if r and "reasons" in r and any(x <= 0 for x in r["reasons"]):
@@ -623,7 +632,7 @@ def report(store: dict, args) -> None:
         "memory of the PC's own data.",
         "",
         "Kernels: " + ", ".join(
-            f"{k} `{os.path.relpath(model_path(args, k))}`" for k in PROBLEMS
+            f"{k} `{os.path.relpath(model_path(args, k))}`" for k in (*PROBLEMS, "rotated")
             if have_model(args, k)),
         "",
         "H-matrix options: " + (" ".join(f"-pc_green_{k} {v}" for k, v in args.h_option.items())
@@ -685,20 +694,21 @@ def report(store: dict, args) -> None:
     if store.get("fig14"):
         L += ["## fig14: rotated Laplacian against theta (98 x 98)", "",
               "Paper (Fig. 14): no PC fails at every angle; dense and H-matrix 'robust and "
-              "nearly uniform' across theta.", "",
-              "| theta | no PC | dense | H-matrix | H setup (s) |", "|---|---|---|---|---|"]
-        for t in sorted(store["fig14"], key=float):
-            r = store["fig14"][t]
-            L.append(f"| {float(t):.3f} | {its_text(r.get('none'))} | "
-                     f"{its_text(r.get('dense'))} | {its_text(r.get('H'))} | "
-                     f"{r.get('H', {}).get('setup', float('nan')):.1f} |")
-        L += ["", f"![theta]({NAME}_fig14.png)", ""]
+              "nearly uniform' across theta.", ""]
+        rows = store["fig14"]
+        present = [c for c in cols if any(c in r for r in rows.values())]
+        lines = table(rows, present, key="theta")
+        lines[0] = "| theta | n | " + " | ".join(names[c] for c in present) + " |"
+        L += lines + ["", f"![theta]({NAME}_fig14.png)", ""]
     if store.get("moonshot"):
         L += [f"## Moonshot: 2D at N = {args.moonshot_n} ({args.moonshot_n ** 2} unknowns)",
               "", "| problem | PC | its | setup (s) | solve (s) | total (s) |",
               "|---|---|---|---|---|---|"]
         for key, row in store["moonshot"].items():
             for name, r in row.items():
+                if "error" in r:
+                    L.append(f"| {key} | {name} | error after {r.get('wall', 0):.0f} s: "
+                             f"{r['error']} | | | |")
                 if "its" not in r:
                     continue
                 L.append(f"| {key} | {CLASSICAL_NAMES.get(name, name)} | {its_text(r)} | "

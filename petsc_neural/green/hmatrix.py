@@ -246,12 +246,12 @@ class HMatrix:
     def build(cls, points: np.ndarray, kernel: Kernel, *, leaf: int, eta: float, k_base: int,
               rank: int = 0, nparts: int = 1, dtype: torch.dtype = torch.float32,
               tree: ClusterTree | None = None, grow_rank: bool = True, tol: float = 0.0,
-              max_rank: int = 0, agree_any: Callable[[bool], bool] | None = None
-              ) -> HMatrix:
+              max_rank: int = 0, agree_any: Callable[[bool], bool] | None = None,
+              memory_check: Callable[[int], None] | None = None) -> HMatrix:
         """Partition, evaluate (collectively) and compress; this process keeps the blocks
         :func:`assign_blocks` gives rank ``rank`` of ``nparts``.  ``tol > 0``: adaptive
         ranks to that relative block tolerance (:meth:`compress_aca`; ``max_rank``,
-        ``agree_any`` are its arguments); ``tol = 0``: the paper's fixed ranks
+        ``agree_any``, ``memory_check`` are its arguments); ``tol = 0``: the paper's fixed ranks
         (:meth:`compress`, base rank ``k_base``, ``grow_rank`` the 2D rank rule of
         :func:`rank_rule`)."""
         tree = tree or ClusterTree(points, leaf)
@@ -262,7 +262,7 @@ class HMatrix:
         H.rank = int(rank)
         H._build_dense(kernel)
         if tol > 0:
-            H.compress_aca(kernel, tol, max_rank, agree_any)
+            H.compress_aca(kernel, tol, max_rank, agree_any, memory_check)
         else:
             H.compress(kernel, k_base)
         return H
@@ -382,7 +382,8 @@ class HMatrix:
         self._finish()
 
     def compress_aca(self, kernel: Kernel, tol: float, max_rank: int = 0,
-                     agree_any: Callable[[bool], bool] | None = None) -> None:
+                     agree_any: Callable[[bool], bool] | None = None,
+                     memory_check: Callable[[int], None] | None = None) -> None:
         """(Re)build the low-rank blocks this process owns to the relative tolerance ``tol``.
 
         Adaptive cross approximation with partial pivoting (Bebendorf), all blocks at once:
@@ -398,6 +399,13 @@ class HMatrix:
         error of about ``tol`` per block.  A block whose rank would pass ``max_rank``
         (default, and at most, the break-even rank ``m n / (m + n)`` above which low rank
         stops saving storage) is evaluated whole and stored dense instead.
+
+        ``memory_check(entries)``, if given, is called once per ACA step (the same number of
+        times on every process) and before the over-cap blocks are evaluated whole, with the
+        entries this process holds so far (the near field plus the padded factors, or the
+        dense blocks to come); it raises to stop a construction that outgrows a memory
+        budget long before the machine runs out (the factors before recompression are
+        float64, so the peak is a few times the final storage).
 
         Called again with a smaller ``tol`` (the a posteriori check's refinement), it
         resumes: the blocks whose last ACA step was above the new tolerance continue from
@@ -432,7 +440,15 @@ class HMatrix:
                 over=np.zeros(B, dtype=bool), final=np.zeros(B, dtype=bool),
                 ratio=np.full(B, np.inf), whole={}, jp=None, prow=None, act=None))
         self._aca = (max_rank, states)
+        near = sum(g.U.numel() for g in self.near_groups)
+
+        def held() -> int:
+            return near + sum(st["U"].size + st["V"].size
+                              + sum(w.size for w in st["whole"].values()) for st in states)
+
         while agree(any(st["active"].any() for st in states)):
+            if memory_check is not None:
+                memory_check(held())
             # pivot rows: K(i*, J) minus the approximant, every group in one call
             rows, cols = [], []
             for st in states:
@@ -519,6 +535,8 @@ class HMatrix:
             rows.append(t.perm[np.broadcast_to(st["R"][dense, :, None], valid.shape)[valid]])
             cols.append(t.perm[np.broadcast_to(st["C"][dense, None, :], valid.shape)[valid]])
             plans.append((dense, valid))
+        if memory_check is not None:
+            memory_check(held() + sum(int(v.sum()) for _, v in plans))
         vals = kernel(_cat(rows), _cat(cols))
         self.dense_groups = list(self.near_groups)
         self.lr_groups = []

@@ -81,17 +81,22 @@ Options (prefix ``-[pc prefix]pc_green_``), besides the common
     root mean square error over root mean square entry for ``aca`` (the norm the
     tolerance controls), mean absolute error over mean absolute entry for
     ``nystrom`` (the paper's); above ``tau`` (default 0: 1e-3 in 2D, 1e-5 in 1D,
-    where at 1e-3 the H-matrix needed 26 iterations against dense's 12 on the
-    1D reaction kernel at N = 2048, and 9 = dense at 1e-5; for ``aca`` with a
-    factor 2 of sampling slack) ``aca`` divides its tolerance by 4 and
-    ``nystrom`` doubles the base rank, at most ``m`` times (default 3), while the
-    H-matrix stays within ``MB`` megabytes (default 4096; also the limit of
-    ``dense``).  Why 1e-3 although the learned kernels are only 6-33% accurate:
-    the preconditioner is the kernel, the compression error is a perturbation of
-    it that the operator amplifies (by ``1/h^2``-like factors across block edges:
-    a 4e-3 matvec error became 8e-2 in ``A M^-1`` on the 2D reaction kernel at
-    N = 48); with the paper's rank 1 in 1D the iterations grew with N (16 against
-    10 dense at N = 512, reaction-dominated) and at 1e-3 they matched.
+    where at 1e-3 the H-matrix needed 26 iterations against dense's 12 on the 1D
+    reaction kernel at N = 2048, and 9 = dense at 1e-5; for ``aca`` with a factor 2
+    of sampling slack) ``aca`` divides its tolerance by 4 and ``nystrom`` doubles
+    the base rank, at most ``m`` times (default 3), while the H-matrix stays within
+    ``MB`` megabytes (default 4096; also the limit of ``dense``).  ``aca`` checks
+    the budget at every step of the construction too (near field, unrecompressed
+    factors and whole-evaluated blocks in the H-matrix's precision), so an H-matrix
+    that will not fit stops with this error instead of exhausting the machine: at N
+    = 256 in 2D (65,536 points) the convection kernel's construction passed 18 GB
+    without the check; its peak is a few times the budget (float64 factors, growth
+    by copy).  Why 1e-3 although the learned kernels are only 6-33% accurate: the
+    preconditioner is the kernel, the compression error is a perturbation of it that
+    the operator amplifies (by ``1/h^2``-like factors across block edges: a 4e-3
+    matvec error became 8e-2 in ``A M^-1`` on the 2D reaction kernel at N = 48);
+    with the paper's rank 1 in 1D the iterations grew with N (16 against 10 dense at
+    N = 512, reaction-dominated) and at 1e-3 they matched.
 ``-pc_green_batch b``
     Pairs per network call (default 16384).
 ``-pc_green_boundary auto|blend|none`` / ``-pc_green_skew_max s`` / ``-pc_green_boundary_table f``
@@ -260,7 +265,8 @@ class GreenInverse(SetupNetworkPC):
             Option("tau", 0.0, "H-matrix tolerance (aca: relative per block) and a "
                    "posteriori check (0: 1e-5 in 1D, 1e-3 in 2D)", low=0.0),
             Option("check_samples", 1000, "random entries of the a posteriori check", low=1),
-            Option("max_memory", 4096.0, "memory budget of the H-matrix / dense matrix (MB)",
+            Option("max_memory", 4096.0, "memory budget of the H-matrix (its construction "
+                   "included) / dense matrix (MB)",
                    low=0.0, open_low=True),
             Option("max_refine", 3, "refinements allowed by the a posteriori check (aca: tau / "
                    "4, nystrom: rank doubled)", low=0),
@@ -626,9 +632,23 @@ class GreenInverse(SetupNetworkPC):
         tol = tau if aca else 0.0
         # the same number of ACA steps (collective kernel calls) on every rank
         agree = (lambda a: bool(mpi.allreduce(bool(a), op=_mpi("LOR")))) if size > 1 else None
+
+        def memory_check(entries: int) -> None:
+            # collective (every rank calls it at the same ACA step): the same error on all
+            total = mpi.allreduce(entries) if size > 1 else entries
+            mb = total * itemsize / 2**20
+            self.info["construction_mb"] = max(self.info.get("construction_mb", 0.0), mb)
+            if mb > budget:
+                raise NeuralPCError(
+                    f"the H-matrix's construction holds {mb:.0f} MB of blocks and factors, "
+                    f"above -pc_green_max_memory {budget:g} (n = {n}): raise the budget "
+                    "(the construction's peak memory is a few times it), raise "
+                    "-pc_green_tau, or use -pc_green_format sparse")
+
         H = HMatrix.build(X, kernel, leaf=leaf, eta=eta, k_base=k_base, rank=rank,
                           nparts=size, dtype=self.dtype, tree=tree, grow_rank=X.shape[1] > 1,
-                          tol=tol, max_rank=self.opts["max_rank"], agree_any=agree)
+                          tol=tol, max_rank=self.opts["max_rank"], agree_any=agree,
+                          memory_check=memory_check if aca else None)
         rng = np.random.default_rng(self.opts["seed"] + 1)
         blk, a, c, rows, cols = H.sample_admissible(rng, self.opts["check_samples"])
         exact = kernel(rows, cols)
@@ -657,7 +677,7 @@ class GreenInverse(SetupNetworkPC):
                 break
             if aca:  # the tolerance / 4 (storage grows mildly; the budget is checked above)
                 refinements += 1
-                H.compress_aca(kernel, H.tol / 4, self.opts["max_rank"], agree)
+                H.compress_aca(kernel, H.tol / 4, self.opts["max_rank"], agree, memory_check)
                 continue
             new_k = 2 * H.k_base
             dense_mb = H.dense_entries() * itemsize / 2**20
@@ -773,7 +793,9 @@ class GreenInverse(SetupNetworkPC):
                 f"a posteriori error {i['hmatrix_error']:.3g} on "
                 f"{self.opts['check_samples']} random admissible entries (tau "
                 f"{i['tau']:g}, {i['refinements']} refinement(s)); budget "
-                f"{self.opts['max_memory']:g} MB")
+                f"{self.opts['max_memory']:g} MB"
+                + (f" (construction's largest: {i['construction_mb']:.1f} MB)"
+                   if "construction_mb" in i else ""))
             apply = ("serial apply" if i["ranks"] == 1 else
                      f"gathered apply on {i['ranks']} ranks: input scattered to all, each "
                      "rank applies its blocks, partial products summed by a reverse scatter")

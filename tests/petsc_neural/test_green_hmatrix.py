@@ -162,3 +162,37 @@ def test_aca_refinement_resumes_instead_of_starting_again():
     assert H.stats()["entries"] <= 1.1 * fresh.stats()["entries"]
     # only the extra ACA steps are evaluated, not the first ones again
     assert 0 < resumed < 0.8 * fresh_low_rank
+
+
+def test_aca_memory_check_stops_the_construction_early():
+    X = grid_points(24, 2)
+    k = screened_kernel(X)
+    seen: list[int] = []
+
+    def check(entries: int) -> None:
+        seen.append(entries)
+
+    H = HMatrix.build(X, k, leaf=16, eta=0.7, k_base=4, tol=1e-5, dtype=torch.float64,
+                      memory_check=check)
+    # called at every ACA step (then once before the whole blocks), never below the
+    # near field, and what it saw covers the final storage
+    assert len(seen) == H.aca_steps + 1
+    near = sum(g.U.numel() for g in H.near_groups)
+    assert min(seen) >= near > 0
+    assert max(seen) >= H.padded
+    limit = (near + max(seen)) // 2
+
+    def strict(entries: int) -> None:
+        if entries > limit:
+            raise MemoryError(f"{entries} > {limit}")
+
+    calls = []
+
+    def counted(r, c):
+        calls.append(len(r))
+        return k(r, c)
+
+    with pytest.raises(MemoryError):
+        HMatrix.build(X, counted, leaf=16, eta=0.7, k_base=4, tol=1e-5, dtype=torch.float64,
+                      memory_check=strict)
+    assert len(calls) < 2 * H.aca_steps + 1  # stopped before the last ACA step

@@ -165,7 +165,7 @@ def test_view_reports_format_storage_and_a_posteriori_error(smooth_model, tmp_pa
     text = open(out).read()
     for needle in ("petsc_neural GreenInverse", "format: hmatrix", "low-rank blocks",
                    "compression", "x vs dense", "a posteriori error", "weight 0.0022675",
-                   "type: mat"):
+                   "type: mat", "construction's largest"):
         assert needle in text, (needle, text)
 
 
@@ -311,6 +311,21 @@ def test_two_ranks_apply_equals_serial(fmt, tmp_path):
     if fmt == "hmatrix":
         assert ctx.info["ranks"] == 2
         assert ctx.M.getPythonContext().H.stats()["entries"] < ctx.info["stored"]
+
+
+@pytest.mark.parallel(nprocs=2)
+def test_hmatrix_over_budget_stops_during_construction_on_every_rank(tmp_path):
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    path = comm.bcast(kernel_model(str(tmp_path / "s.pt"), SmoothKernel2D(), 2)
+                      if comm.rank == 0 else None)
+    p = make_problem("fd_cdr", 20, dim=2, regime="reaction", comm=PETSc.COMM_WORLD)
+    with pytest.raises(PETSc.Error) as info:
+        p.make_ksp(green(path, format="hmatrix", leaf=16, max_memory=0.01))
+    msg = str(info.value.__cause__)
+    assert "construction" in msg and "-pc_green_max_memory 0.01" in msg
+    assert comm.allgather(msg) == [msg, msg]  # the same error on both ranks
 
 
 def test_weight_option(smooth_model):
