@@ -33,18 +33,25 @@ import numpy as np
 import torch
 from petsc4py import PETSc
 
-__all__ = ["BoundaryBlend"]
+__all__ = ["BoundaryBlend", "Pairs"]
+
+#: ``pairs(lo, hi) -> (xa, ya)``: the point tensors of pairs ``lo..hi`` of a kernel call.
+Pairs = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+
+#: pairs blended per step of :meth:`BoundaryBlend.__call__` (bounds its temporaries)
+_CHUNK = 1 << 20
 
 
 class BoundaryBlend:
     """``(rows, cols) -> (P_x G)(X[rows], X[cols])``: the boundary interpolation in ``x``.
 
-    ``evaluate(xa, ya)`` is the collective kernel on point tensors; every rank calls
-    this object with the same sequence of calls (possibly different pair counts).
+    ``evaluate(pairs, n)`` is the collective kernel on ``n`` pairs whose point tensors
+    ``pairs(lo, hi)`` gives batch by batch; every rank calls this object with the same
+    sequence of calls (possibly different pair counts).  ``nbytes``: the tables' memory.
     """
 
     def __init__(self, X: np.ndarray, Xt: torch.Tensor,
-                 evaluate: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
+                 evaluate: Callable[[Pairs, int], np.ndarray],
                  comm: PETSc.Comm, max_table: float = 0.25) -> None:
         n, d = X.shape
         self.Xt, self.evaluate, self.comm = Xt, evaluate, comm
@@ -69,6 +76,7 @@ class BoundaryBlend:
         entries = sum(len(f["pts"]) for f in self.faces) * n
         self.tabulated = entries <= max_table * float(n) ** 2
         self.entries = entries
+        self.nbytes = 8 * entries if self.tabulated else 0
         if self.tabulated:
             for f in self.faces:
                 f["table"] = self._table(f["pts"], n)
@@ -79,10 +87,13 @@ class BoundaryBlend:
         total = m * n
         size, rank = self.comm.getSize(), self.comm.getRank()
         bounds = [r * total // size for r in range(size + 1)]
-        flat = np.arange(bounds[rank], bounds[rank + 1], dtype=np.int64)
-        i = torch.from_numpy(flat // n)
-        j = torch.from_numpy(flat % n)
-        mine = self.evaluate(pts[i], self.Xt[j])
+        first = bounds[rank]
+
+        def pairs(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            flat = torch.arange(first + lo, first + hi)
+            return pts[flat // n], self.Xt[flat % n]
+
+        mine = self.evaluate(pairs, bounds[rank + 1] - first)
         if size == 1:
             return mine.reshape(m, n)
         out = np.empty(total)
@@ -95,13 +106,16 @@ class BoundaryBlend:
         cols = np.asarray(cols, dtype=np.int64)
         out = np.zeros(len(rows))
         for f in self.faces:
-            k = f["inv"][rows]
-            if f["table"] is not None:
-                vals = f["table"][k, cols]
-            else:
-                vals = self.evaluate(f["pts"][torch.from_numpy(k)],
-                                     self.Xt[torch.from_numpy(cols)])
-            out += f["sign"] * f["w"][rows] * vals
+            if f["table"] is None:  # collective: one call per face on every rank
+                k = torch.from_numpy(f["inv"][rows])
+                c = torch.from_numpy(cols)
+                vals = self.evaluate(lambda lo, hi, k=k, c=c, p=f["pts"]:
+                                     (p[k[lo:hi]], self.Xt[c[lo:hi]]), len(rows))
+                out += f["sign"] * f["w"][rows] * vals
+                continue
+            for lo in range(0, len(rows), _CHUNK):  # local: bounded temporaries
+                r, c = rows[lo:lo + _CHUNK], cols[lo:lo + _CHUNK]
+                out[lo:lo + _CHUNK] += f["sign"] * f["w"][r] * f["table"][f["inv"][r], c]
         return out
 
     def describe(self) -> str:

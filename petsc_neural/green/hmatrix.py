@@ -35,23 +35,35 @@ on random entries.  Only the pieces the preconditioner needs are here.
   the low-rank blocks one padded set of factors; each group is a gather, one
   or two ``bmm`` and an ``index_add_``, so an apply is a few dozen torch calls
   whatever the number of blocks.
+- Memory: the construction evaluates the kernel in pieces of at most ``piece``
+  pairs (the same number of calls on every process) and bounds the batched
+  temporaries of an ACA step; ``memory_check`` sees the bytes held plus the next
+  step's largest temporary, so a budget holds for the construction's peak, not
+  only for the final storage.  :meth:`HMatrix.release` drops the ACA state kept
+  for a resumed refinement (float64 factors several times the final storage).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["ClusterTree", "Block", "block_partition", "rank_rule", "HMatrix", "assign_blocks"]
+__all__ = ["ClusterTree", "Block", "block_partition", "rank_rule", "HMatrix", "assign_blocks",
+           "evaluate_pieces", "PIECE"]
 
 #: ``kernel(rows, cols) -> values``: evaluate the kernel at the index pairs (global point
 #: indices, 1-D int arrays of equal length).  Collective when the points are shared by
 #: several processes: every process calls it the same number of times.
 Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: bytes of one batched temporary (a slice of the ACA factors) in the construction
+_TEMP = 64 << 20
+#: kernel pairs per call when evaluating many entries (near field, blocks evaluated whole)
+PIECE = 1 << 21
 
 
 class ClusterTree:
@@ -241,22 +253,26 @@ class HMatrix:
     where: dict[int, tuple[int, int]] = field(default_factory=dict)  # block -> (group, slot)
     stored: int = 0  # entries stored by this process (unpadded)
     padded: int = 0  # entries of the padded tensors
+    piece: int = PIECE  # kernel pairs per call in the construction (bounds its temporaries)
+    _agree: Callable[[bool], bool] = bool  # collective OR (the same kernel calls everywhere)
 
     @classmethod
     def build(cls, points: np.ndarray, kernel: Kernel, *, leaf: int, eta: float, k_base: int,
               rank: int = 0, nparts: int = 1, dtype: torch.dtype = torch.float32,
               tree: ClusterTree | None = None, grow_rank: bool = True, tol: float = 0.0,
               max_rank: int = 0, agree_any: Callable[[bool], bool] | None = None,
-              memory_check: Callable[[int], None] | None = None) -> HMatrix:
+              memory_check: Callable[[int], None] | None = None,
+              piece: int = PIECE) -> HMatrix:
         """Partition, evaluate (collectively) and compress; this process keeps the blocks
         :func:`assign_blocks` gives rank ``rank`` of ``nparts``.  ``tol > 0``: adaptive
         ranks to that relative block tolerance (:meth:`compress_aca`; ``max_rank``,
         ``agree_any``, ``memory_check`` are its arguments); ``tol = 0``: the paper's fixed ranks
         (:meth:`compress`, base rank ``k_base``, ``grow_rank`` the 2D rank rule of
-        :func:`rank_rule`)."""
+        :func:`rank_rule`).  ``piece``: the most pairs of one kernel call for the near field
+        and the blocks evaluated whole."""
         tree = tree or ClusterTree(points, leaf)
         H = cls(tree=tree, eta=float(eta), k_base=int(k_base), dtype=dtype,
-                grow_rank=grow_rank)
+                grow_rank=grow_rank, piece=max(1, int(piece)), _agree=agree_any or bool)
         H.blocks = block_partition(tree, eta)
         H.owner = assign_blocks(tree, H.blocks, nparts)
         H.rank = int(rank)
@@ -287,29 +303,36 @@ class HMatrix:
         return np.where(off[None, :] < size[:, None], pos, len(t.perm)), size
 
     def _build_dense(self, kernel: Kernel) -> None:
+        """The inadmissible leaves, evaluated in pieces of at most ``piece`` pairs straight
+        into their (padded) tensors."""
         t = self.tree
         n = len(t.perm)
-        plan, rows, cols = [], [], []
+        self.dense_groups = []
+        work = []
         for ids in self._mine(False).values():
             m = max(t.size(self.blocks[i].row) for i in ids)
             k = max(t.size(self.blocks[i].col) for i in ids)
             R, _ = self._index([self.blocks[i].row for i in ids], m)
             C, _ = self._index([self.blocks[i].col for i in ids], k)
-            valid = (R[:, :, None] < n) & (C[:, None, :] < n)
-            rr = np.broadcast_to(R[:, :, None], valid.shape)[valid]
-            cc = np.broadcast_to(C[:, None, :], valid.shape)[valid]
-            rows.append(t.perm[rr])
-            cols.append(t.perm[cc])
-            plan.append((np.array(ids), R, C, valid))
-        vals = kernel(_cat(rows), _cat(cols))
-        off = 0
-        self.dense_groups = []
-        for ids, R, C, valid in plan:
-            D = np.zeros(valid.shape)
-            cnt = int(valid.sum())
-            D[valid] = vals[off:off + cnt]
-            off += cnt
-            self.dense_groups.append(_Group(ids, R, C, torch.from_numpy(D).to(self.dtype)))
+            D = torch.zeros((len(ids), m, k), dtype=self.dtype)
+            self.dense_groups.append(_Group(np.array(ids), R, C, D))
+            work.append((R, C, D))
+
+        def pieces():
+            for R, C, D in work:
+                step = max(1, self.piece // (R.shape[1] * C.shape[1]))
+                for a in range(0, len(R), step):
+                    valid = (R[a:a + step, :, None] < n) & (C[a:a + step, None, :] < n)
+                    rr = np.broadcast_to(R[a:a + step, :, None], valid.shape)[valid]
+                    cc = np.broadcast_to(C[a:a + step, None, :], valid.shape)[valid]
+
+                    def store(vals, D=D, a=a, step=step, valid=valid):
+                        D[a:a + step][torch.from_numpy(valid)] = \
+                            torch.from_numpy(vals).to(self.dtype)
+
+                    yield t.perm[rr], t.perm[cc], store
+
+        evaluate_pieces(kernel, pieces(), self._agree)
         self.near_groups = list(self.dense_groups)
 
     def compress(self, kernel: Kernel, k_base: int) -> None:
@@ -400,12 +423,13 @@ class HMatrix:
         (default, and at most, the break-even rank ``m n / (m + n)`` above which low rank
         stops saving storage) is evaluated whole and stored dense instead.
 
-        ``memory_check(entries)``, if given, is called once per ACA step (the same number of
+        ``memory_check(nbytes)``, if given, is called once per ACA step (the same number of
         times on every process) and before the over-cap blocks are evaluated whole, with the
-        entries this process holds so far (the near field plus the padded factors, or the
-        dense blocks to come); it raises to stop a construction that outgrows a memory
-        budget long before the machine runs out (the factors before recompression are
-        float64, so the peak is a few times the final storage).
+        bytes this process will hold at the peak of what follows: the near field, the
+        float64 factors (and blocks evaluated whole) so far, and the largest temporary of
+        the next step (a group's factors grown by 16 columns, or its recompression, plus
+        one bounded slice and one kernel piece); it raises to stop a construction that
+        outgrows a memory budget long before the machine runs out.
 
         Called again with a smaller ``tol`` (the a posteriori check's refinement), it
         resumes: the blocks whose last ACA step was above the new tolerance continue from
@@ -440,15 +464,30 @@ class HMatrix:
                 over=np.zeros(B, dtype=bool), final=np.zeros(B, dtype=bool),
                 ratio=np.full(B, np.inf), whole={}, jp=None, prow=None, act=None))
         self._aca = (max_rank, states)
-        near = sum(g.U.numel() for g in self.near_groups)
+        near = sum(g.U.numel() * g.U.element_size() for g in self.near_groups)
+        def call() -> int:
+            # a kernel call's own temporaries (indices, values, the blend, the padded pivot
+            # rows and columns): under 96 B a pair; an ACA step evaluates one row and one
+            # column of every active block, the whole blocks come in pieces
+            step = sum(int((st["msz"][st["active"]] + st["nsz"][st["active"]]).sum())
+                       for st in states)
+            return 96 * max(self.piece, step)
+
+        def factors(st: dict) -> int:
+            return st["U"].nbytes + st["V"].nbytes
 
         def held() -> int:
-            return near + sum(st["U"].size + st["V"].size
-                              + sum(w.size for w in st["whole"].values()) for st in states)
+            return near + sum(factors(st) + st["order"].nbytes
+                              + sum(w.nbytes for w in st["whole"].values()) for st in states)
+
+        def grown(st: dict) -> int:  # the factors after growing by 16 columns
+            return 8 * len(st["ids"]) * (st["U"].shape[1] + st["V"].shape[1]) \
+                * (st["U"].shape[2] + 16)
 
         while agree(any(st["active"].any() for st in states)):
             if memory_check is not None:
-                memory_check(held())
+                memory_check(held() + _TEMP + call()
+                             + max((grown(st) for st in states), default=0))
             # pivot rows: K(i*, J) minus the approximant, every group in one call
             rows, cols = [], []
             for st in states:
@@ -462,7 +501,11 @@ class HMatrix:
                 act, U, V = st["act"], st["U"], st["V"]
                 row = np.zeros((len(act), V.shape[1]))
                 row[st["cv"][act]] = v_
-                row -= np.einsum("as,ans->an", U[act, st["piv"][act]], V[act])
+                kk = int(st["k"][act].max(initial=0))
+                for sl in _slices(len(act), 8 * V.shape[1] * kk):
+                    a_ = act[sl]
+                    row[sl] -= np.einsum("as,ans->an", U[a_, st["piv"][a_], :kk],
+                                         V[a_, :, :kk])
                 st["used"][act, st["piv"][act]] = True
                 jp = np.where(st["cv"][act], np.abs(row), -1.0).argmax(1)
                 piv = row[np.arange(len(act)), jp]
@@ -491,14 +534,20 @@ class HMatrix:
                 act, jp, U, V = st["act"], st["jp"], st["U"], st["V"]
                 col = np.zeros((len(act), U.shape[1]))
                 col[st["rv"][act]] = v_
-                col -= np.einsum("ams,as->am", U[act], V[act, jp])
-                u, v = col, st["prow"]  # K ~ sum u v^T with v scaled by 1 / pivot
                 s = st["k"][act]
+                kk = int(s.max(initial=0))
+                u, v = col, st["prow"]  # K ~ sum u v^T with v scaled by 1 / pivot
+                # |S_k|^2 = |S_{k-1}|^2 + 2 sum_l (u . U_l)(v . V_l) + |u|^2 |v|^2
+                cross = np.zeros((len(act), kk))
+                for sl in _slices(len(act), 8 * (U.shape[1] + V.shape[1]) * kk):
+                    a_ = act[sl]
+                    Ua = U[a_, :, :kk]  # bounded copies (a slice of the blocks)
+                    col[sl] -= np.einsum("ams,as->am", Ua, V[a_, jp[sl], :kk])
+                    cross[sl] = np.einsum("am,ams->as", u[sl], Ua)
+                    cross[sl] *= np.einsum("an,ans->as", v[sl], V[a_, :, :kk])
                 if len(act) and s.max() >= U.shape[2]:  # grow the factors by 16 columns
                     st["U"] = U = np.concatenate([U, np.zeros((*U.shape[:2], 16))], axis=2)
                     st["V"] = V = np.concatenate([V, np.zeros((*V.shape[:2], 16))], axis=2)
-                # |S_k|^2 = |S_{k-1}|^2 + 2 sum_l (u . U_l)(v . V_l) + |u|^2 |v|^2
-                cross = np.einsum("am,ams->as", u, U[act]) * np.einsum("an,ans->as", v, V[act])
                 uv = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
                 st["norm2"][act] += 2 * cross.sum(1) + uv**2
                 U[act, :, s] = u
@@ -512,60 +561,82 @@ class HMatrix:
                 end = act[nxt.max(1, initial=-1.0) < 0]  # every row used: exact
                 st["active"][end] = False
                 st["final"][end] = True
-        # recompression (QR of both factors, SVD of the core, truncation to tol); blocks
-        # over their cap are evaluated whole (one call for all) and stored dense
-        rows, cols, plans = [], [], []
+        # blocks over their cap are evaluated whole (in pieces) and stored dense; then,
+        # one group at a time, recompression (QR of both factors, SVD of the core,
+        # truncation to tol) straight to the stored dtype
+        todo = [np.array([a for a in np.nonzero(st["over"])[0] if a not in st["whole"]],
+                         dtype=int) for st in states]
+        if memory_check is not None:
+            whole = sum(8 * int((st["msz"][d] * st["nsz"][d]).sum())
+                        for st, d in zip(states, todo, strict=True))
+            # a group's recompression: its factors trimmed, Q of both, the products
+            recomp = max((3 * factors(st) for st in states), default=0)
+            memory_check(held() + whole + recomp + _TEMP + 96 * self.piece)
+
+        def pieces():
+            for st, dense in zip(states, todo, strict=True):
+                m, nn = st["R"].shape[1], st["C"].shape[1]
+                step = max(1, self.piece // (m * nn))
+                for lo in range(0, len(dense), step):
+                    d = dense[lo:lo + step]
+                    valid = st["rv"][d, :, None] & st["cv"][d, None, :]
+                    rr = np.broadcast_to(st["R"][d, :, None], valid.shape)[valid]
+                    cc = np.broadcast_to(st["C"][d, None, :], valid.shape)[valid]
+
+                    def store(vals, st=st, d=d, valid=valid):
+                        D = np.zeros(valid.shape)
+                        D[valid] = vals
+                        st["whole"].update(zip(d.tolist(), D, strict=True))
+
+                    yield t.perm[rr], t.perm[cc], store
+
+        evaluate_pieces(kernel, pieces(), agree)
+        self.dense_groups = list(self.near_groups)
+        self.lr_groups = []
         for st in states:
-            kk = max(int(st["k"].max(initial=0)), 1)
-            U = np.concatenate([st["U"], np.zeros((*st["U"].shape[:2], 1))], axis=2)[:, :, :kk]
-            V = np.concatenate([st["V"], np.zeros((*st["V"].shape[:2], 1))], axis=2)[:, :, :kk]
+            dense = np.nonzero(st["over"])[0]
+            if len(dense):
+                D = torch.empty((len(dense), *next(iter(st["whole"].values())).shape),
+                                dtype=self.dtype)
+                for j, a in enumerate(dense):
+                    D[j] = torch.from_numpy(st["whole"][a])
+                self.dense_groups.append(_Group(st["ids"][dense], st["R"][dense],
+                                                st["C"][dense], D))
+            lr = np.nonzero(~st["over"])[0]
+            if not len(lr):
+                continue
+            kk = max(int(st["k"][lr].max(initial=0)), 1)
+            if st["U"].shape[2] >= kk:
+                U, V = st["U"][lr, :, :kk], st["V"][lr, :, :kk]
+            else:  # no ACA step at all (every block ended at once)
+                U = np.zeros((len(lr), st["U"].shape[1], kk))
+                V = np.zeros((len(lr), st["V"].shape[1], kk))
             Qu, Ru = np.linalg.qr(U)
             Qv, Rv = np.linalg.qr(V)
+            del U, V
             u_, s_, vt_ = np.linalg.svd(Ru @ Rv.transpose(0, 2, 1))
             # tail[:, r] = |s_{r:}|: the error of keeping r singular values
             tail = np.sqrt(np.cumsum((s_**2)[:, ::-1], axis=1)[:, ::-1])
             tail = np.concatenate([tail, np.zeros((len(tail), 1))], axis=1)
             rk = np.maximum(np.argmax(tail <= tol * tail[:, :1], axis=1),
-                            np.minimum(st["k"], 1))
-            st["Uf"], st["Vf"], st["rk"] = Qu @ (u_ * s_[:, None, :]), \
-                Qv @ vt_.transpose(0, 2, 1), rk
-            dense = np.array([a for a in np.nonzero(st["over"])[0] if a not in st["whole"]],
-                             dtype=int)
-            valid = st["rv"][dense, :, None] & st["cv"][dense, None, :]
-            rows.append(t.perm[np.broadcast_to(st["R"][dense, :, None], valid.shape)[valid]])
-            cols.append(t.perm[np.broadcast_to(st["C"][dense, None, :], valid.shape)[valid]])
-            plans.append((dense, valid))
-        if memory_check is not None:
-            memory_check(held() + sum(int(v.sum()) for _, v in plans))
-        vals = kernel(_cat(rows), _cat(cols))
-        self.dense_groups = list(self.near_groups)
-        self.lr_groups = []
-        off = 0
-        for st, (dense, valid) in zip(states, plans, strict=True):
-            if len(dense):
-                D = np.zeros(valid.shape)
-                D[valid] = vals[off:off + int(valid.sum())]
-                off += int(valid.sum())
-                st["whole"].update(zip(dense.tolist(), D, strict=True))
-            dense = np.nonzero(st["over"])[0]
-            if len(dense):
-                D = np.stack([st["whole"][a] for a in dense])
-                self.dense_groups.append(_Group(st["ids"][dense], st["R"][dense],
-                                                st["C"][dense],
-                                                torch.from_numpy(D).to(self.dtype)))
-            lr = np.nonzero(~st["over"])[0]
-            if not len(lr):
-                continue
-            rk = st["rk"][lr]
+                            np.minimum(st["k"][lr], 1))
             r_ = int(rk.max())
             keep = (np.arange(r_)[None, :] < rk[:, None])[:, None, :]
-            self.lr_groups.append(_Group(
-                st["ids"][lr], st["R"][lr], st["C"][lr],
-                torch.from_numpy(st["Uf"][lr, :, :r_] * keep).to(self.dtype),
-                torch.from_numpy(st["Vf"][lr, :, :r_] * keep).to(self.dtype), rk.copy()))
+            Uf = torch.from_numpy(Qu @ (u_[:, :, :r_] * (s_[:, None, :r_] * keep))
+                                  ).to(self.dtype)
+            Vf = torch.from_numpy(Qv @ (vt_[:, :r_, :].transpose(0, 2, 1) * keep)
+                                  ).to(self.dtype)
+            self.lr_groups.append(_Group(st["ids"][lr], st["R"][lr], st["C"][lr], Uf, Vf,
+                                         rk.copy()))
         self.aca_steps = max((int(st["k"].max(initial=0)) for st in states), default=0)
         self.aca_dense = sum(int(st["over"].sum()) for st in states)
         self._finish()
+
+    def release(self) -> None:
+        """Drop the ACA state kept so that :meth:`compress_aca` can resume (the float64
+        factors before recompression and the blocks evaluated whole: several times the
+        stored H-matrix); call it once the refinement is over."""
+        self._aca = None
 
     def _finish(self) -> None:
         """Counts, the block -> (group, slot) map and the torch index tensors."""
@@ -662,6 +733,27 @@ class HMatrix:
 
     def dense_entries(self) -> int:
         return sum(g.U.numel() for g in self.dense_groups)
+
+
+def _slices(count: int, per_item: int, limit: int = _TEMP) -> list[slice]:
+    """Consecutive slices of ``count`` items, each at most ``limit`` bytes of
+    ``per_item`` (at least one item)."""
+    step = max(1, limit // max(per_item, 1))
+    return [slice(i, i + step) for i in range(0, count, step)]
+
+
+def evaluate_pieces(kernel: Kernel, pieces: Iterator[tuple[np.ndarray, np.ndarray,
+                                                            Callable[[np.ndarray], None]]],
+                     agree: Callable[[bool], bool]) -> None:
+    """``store(kernel(rows, cols))`` for each piece ``(rows, cols, store)``, one kernel call
+    per piece and the same number of calls on every process (``agree`` is a collective
+    OR; a process with no piece left calls the kernel on no pairs)."""
+    empty = np.zeros(0, dtype=np.int64)
+    for item in pieces:
+        agree(True)
+        item[2](kernel(item[0], item[1]))
+    while agree(False):
+        kernel(empty, empty)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

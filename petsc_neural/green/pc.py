@@ -85,13 +85,16 @@ Options (prefix ``-[pc prefix]pc_green_``), besides the common
     reaction kernel at N = 2048, and 9 = dense at 1e-5; for ``aca`` with a factor 2
     of sampling slack) ``aca`` divides its tolerance by 4 and ``nystrom`` doubles
     the base rank, at most ``m`` times (default 3), while the H-matrix stays within
-    ``MB`` megabytes (default 4096; also the limit of ``dense``).  ``aca`` checks
-    the budget at every step of the construction too (near field, unrecompressed
-    factors and whole-evaluated blocks in the H-matrix's precision), so an H-matrix
-    that will not fit stops with this error instead of exhausting the machine: at N
-    = 256 in 2D (65,536 points) the convection kernel's construction passed 18 GB
-    without the check; its peak is a few times the budget (float64 factors, growth
-    by copy).  Why 1e-3 although the learned kernels are only 6-33% accurate: the
+    ``MB`` megabytes, summed over the ranks (default: half the physical memory of
+    the machine, the smallest over the ranks; also the limit of ``dense``).
+    ``aca`` checks the budget at every step of the construction too, against the
+    bytes the step's peak will hold (near field, float64 factors before
+    recompression, blocks evaluated whole, the boundary blend's tables, and the
+    step's largest temporary), so an H-matrix that will not fit stops with this
+    error instead of exhausting the machine (at N = 256 in 2D, 65,536 points, a
+    construction that counted only its stored entries exhausted 24 GB).  The kernel
+    is evaluated in pieces of at most 2^21 pairs and the ACA state is dropped after
+    the a posteriori check.  Why 1e-3 although the learned kernels are only 6-33% accurate: the
     preconditioner is the kernel, the compression error is a perturbation of it that
     the operator amplifies (by ``1/h^2``-like factors across block edges: a 4e-3
     matvec error became 8e-2 in ``A M^-1`` on the 2D reaction kernel at N = 48);
@@ -120,6 +123,7 @@ The inner PC (PCMAT) has the prefix ``-[pc prefix]green_``.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -131,8 +135,8 @@ from pcshell import ModelFileError, ModelMismatchError, NeuralPCError, Option, S
 from pcshell.base import log_event
 
 from ..registry import METHODS
-from .boundary import BoundaryBlend
-from .hmatrix import ClusterTree, HMatrix
+from .boundary import BoundaryBlend, Pairs
+from .hmatrix import PIECE, ClusterTree, HMatrix, evaluate_pieces
 from .train import PROBLEMS
 
 __all__ = ["GreenInverse", "CITATION", "uniform_spacing"]
@@ -265,8 +269,9 @@ class GreenInverse(SetupNetworkPC):
             Option("tau", 0.0, "H-matrix tolerance (aca: relative per block) and a "
                    "posteriori check (0: 1e-5 in 1D, 1e-3 in 2D)", low=0.0),
             Option("check_samples", 1000, "random entries of the a posteriori check", low=1),
-            Option("max_memory", 4096.0, "memory budget of the H-matrix (its construction "
-                   "included) / dense matrix (MB)",
+            Option("max_memory", _default_budget(), "memory budget of the H-matrix (its "
+                   "construction's peak included) / dense matrix (MB, summed over the ranks; "
+                   "default half the machine's memory)",
                    low=0.0, open_low=True),
             Option("max_refine", 3, "refinements allowed by the a posteriori check (aca: tau / "
                    "4, nystrom: rank doubled)", low=0),
@@ -331,13 +336,14 @@ class GreenInverse(SetupNetworkPC):
         return p.expand(n, 2)
 
     def _evaluator(self, pc: PETSc.PC, where: str):
-        """The collective ``(xa, ya) -> G(xa_k, ya_k)`` on point tensors (float64 numpy);
-        ranks may pass different numbers of pairs (the chunk count is agreed)."""
+        """The collective ``(pairs, n) -> G(xa_k, ya_k)``, ``k < n`` (float64 numpy), where
+        ``pairs(lo, hi)`` gives the point tensors of pairs ``lo..hi``: the points are gathered
+        one batch at a time, never for all ``n`` pairs at once (at N = 256 the near field
+        alone is ~10^8 pairs).  Ranks may pass different ``n`` (the chunk count is agreed)."""
         comm = pc.getComm()
         batch = int(self.opts["batch"])
 
-        def evaluate(xa: torch.Tensor, ya: torch.Tensor) -> np.ndarray:
-            n = len(xa)
+        def evaluate(pairs: Pairs, n: int) -> np.ndarray:
             chunks = -(-n // batch)
             if comm.getSize() > 1:
                 chunks = comm.tompi4py().allreduce(chunks, op=_mpi("MAX"))
@@ -345,16 +351,31 @@ class GreenInverse(SetupNetworkPC):
             for i in range(chunks):
                 lo, hi = i * batch, min((i + 1) * batch, n)
                 skip = lo >= n
-                args = (xa[lo:hi], ya[lo:hi], self._params(max(hi - lo, 0))) if not skip \
-                    else (xa[:0], ya[:0], self._params(0))
-                val = self.run_network(pc, *args, where=where, local_skip=skip,
-                                       check=_check_shape(hi - lo))
+                xa, ya = pairs(lo, hi) if not skip else pairs(0, 0)
+                val = self.run_network(pc, xa, ya, self._params(len(xa)), where=where,
+                                       local_skip=skip, check=_check_shape(len(xa)))
                 if not skip:
                     out[lo:hi] = val.detach().double().cpu().numpy()
             self._kernel_pairs += n
             return out
 
         return evaluate
+
+    def _budget(self, comm: PETSc.Comm) -> float:
+        """``-pc_green_max_memory``, the smallest over the ranks (its default depends on the
+        machine, and every rank must take the same decision)."""
+        budget = float(self.opts["max_memory"])
+        if comm.getSize() > 1:
+            budget = comm.tompi4py().allreduce(budget, op=_mpi("MIN"))
+        return budget
+
+    @staticmethod
+    def _agree(comm: PETSc.Comm):
+        """A collective OR over the ranks (``bool`` on one rank)."""
+        if comm.getSize() == 1:
+            return bool
+        mpi = comm.tompi4py()
+        return lambda a: bool(mpi.allreduce(bool(a), op=_mpi("LOR")))
 
     def _blend_wanted(self, P: PETSc.Mat) -> tuple[bool, str]:
         """``-pc_green_boundary``: ``auto`` blends unless ``P`` is convection-dominated.
@@ -388,7 +409,7 @@ class GreenInverse(SetupNetworkPC):
         def kernel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             c = torch.from_numpy(np.asarray(cols, dtype=np.int64))
-            return evaluate(Xt[r], Xt[c])
+            return evaluate(lambda lo, hi: (Xt[r[lo:hi]], Xt[c[lo:hi]]), len(r))
 
         return kernel
 
@@ -408,8 +429,12 @@ class GreenInverse(SetupNetworkPC):
                               max_table=float(self.opts["boundary_table"]))
         self.info["boundary"] = f"{blend.describe()} ({why})"
 
+        self._held_bytes += blend.nbytes  # the tables live through the construction
+
         def blended(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-            return kernel(rows, cols) - blend(rows, cols)
+            out = kernel(rows, cols)
+            out -= blend(rows, cols)
+            return out
 
         return blended
 
@@ -420,6 +445,7 @@ class GreenInverse(SetupNetworkPC):
         mpi = comm.tompi4py()
         size = comm.getSize()
         self.info, self.timings, self._kernel_pairs = {}, {}, 0
+        self._held_bytes = 0  # construction memory outside the H-matrix (budget)
         t_start = time.perf_counter()
         meta = self.model.metadata
         dim = int(meta.training["dim"])
@@ -561,20 +587,30 @@ class GreenInverse(SetupNetworkPC):
         if fmt == "dense":
             n = len(X)
             need = n_local * len(X_all) * 8 / 2**20
-            budget = self.opts["max_memory"]
+            budget = self._budget(comm)
             total = comm.tompi4py().allreduce(need) if comm.getSize() > 1 else need
             if total > budget:
                 raise NeuralPCError(
                     f"-pc_green_format dense needs {total:.0f} MB for {n}^2 entries, above "
                     f"-pc_green_max_memory {budget:g}: use hmatrix or sparse, or raise the "
                     "budget")
-            vals = kernel(np.repeat(mine, n), np.tile(np.arange(n), len(mine)))
             M = PETSc.Mat().createDense(((n_local, N_all), (n_local, N_all)), comm=comm)
             M.setUp()
             arr = M.getDenseArray()
             arr[:] = 0.0
-            if len(mine):
-                arr[np.ix_(local_interior, interior)] = vals.reshape(len(mine), n)
+            step = max(1, PIECE // n)
+
+            def pieces():  # rows of the kernel, at most PIECE pairs per call
+                for a in range(0, len(mine), step):
+                    part = mine[a:a + step]
+                    where = np.ix_(local_interior[a:a + step], interior)
+
+                    def store(vals, where=where):
+                        arr[where] = vals.reshape(len(where[0]), n)
+
+                    yield np.repeat(part, n), np.tile(np.arange(n), len(part)), store
+
+            evaluate_pieces(kernel, pieces(), self._agree(comm))
             arr[lone, r0 + lone] = 1.0 / diag_vals
             M.assemble()
             self.info.update(stored=float(total * 2**20 / 8), storage_mb=total)
@@ -624,26 +660,26 @@ class GreenInverse(SetupNetworkPC):
         size, rank = comm.getSize(), comm.getRank()
         n = len(X)
         itemsize = torch.finfo(self.dtype).bits // 8
-        budget = self.opts["max_memory"]
+        budget = self._budget(comm)
         tree = ClusterTree(X, leaf)
         aca = self.opts["compression"] == "aca"
         tau = self.opts["tau"] or (1e-5 if X.shape[1] == 1 else 1e-3)
         self.info["tau"] = tau
         tol = tau if aca else 0.0
         # the same number of ACA steps (collective kernel calls) on every rank
-        agree = (lambda a: bool(mpi.allreduce(bool(a), op=_mpi("LOR")))) if size > 1 else None
+        agree = self._agree(comm)
 
-        def memory_check(entries: int) -> None:
+        def memory_check(nbytes: int) -> None:
             # collective (every rank calls it at the same ACA step): the same error on all
-            total = mpi.allreduce(entries) if size > 1 else entries
-            mb = total * itemsize / 2**20
+            nbytes += self._held_bytes  # the boundary blend's tables
+            total = mpi.allreduce(nbytes) if size > 1 else nbytes
+            mb = total / 2**20
             self.info["construction_mb"] = max(self.info.get("construction_mb", 0.0), mb)
             if mb > budget:
                 raise NeuralPCError(
-                    f"the H-matrix's construction holds {mb:.0f} MB of blocks and factors, "
-                    f"above -pc_green_max_memory {budget:g} (n = {n}): raise the budget "
-                    "(the construction's peak memory is a few times it), raise "
-                    "-pc_green_tau, or use -pc_green_format sparse")
+                    f"the H-matrix's construction would hold {mb:.0f} MB (blocks, factors "
+                    f"and temporaries), above -pc_green_max_memory {budget:g} (n = {n}): "
+                    "raise the budget, raise -pc_green_tau, or use -pc_green_format sparse")
 
         H = HMatrix.build(X, kernel, leaf=leaf, eta=eta, k_base=k_base, rank=rank,
                           nparts=size, dtype=self.dtype, tree=tree, grow_rank=X.shape[1] > 1,
@@ -688,6 +724,7 @@ class GreenInverse(SetupNetworkPC):
                 break
             refinements += 1
             H.compress(kernel, new_k)
+        H.release()  # the ACA state (kept for the refinements) is several times H
         stats = H.stats()
         if size > 1:
             for key in ("blocks_low_rank", "blocks_dense", "entries", "padded_entries",
@@ -805,6 +842,15 @@ class GreenInverse(SetupNetworkPC):
         lines.append("setup times: " + ", ".join(f"{k} {v:.3f}s"
                                                   for k, v in self.timings.items()))
         return lines
+
+
+def _default_budget() -> float:
+    """Half this machine's physical memory in MB (4096 where the OS does not say)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4096.0
+    return float(max(1024, total // 2**21))
 
 
 def _mpi(name: str):
