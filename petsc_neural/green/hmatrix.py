@@ -427,9 +427,10 @@ class HMatrix:
         times on every process) and before the over-cap blocks are evaluated whole, with the
         bytes this process will hold at the peak of what follows: the near field, the
         float64 factors (and blocks evaluated whole) so far, and the largest temporary of
-        the next step (a group's factors grown by 16 columns, or its recompression, plus
-        one bounded slice and one kernel piece); it raises to stop a construction that
-        outgrows a memory budget long before the machine runs out.
+        the next step (a group's factors grown by 16 columns, or its recompression and
+        the stored H-matrix beside the ACA state, plus one bounded slice and one kernel
+        piece); it raises to stop a construction that outgrows a memory budget long
+        before the machine runs out.
 
         Called again with a smaller ``tol`` (the a posteriori check's refinement), it
         resumes: the blocks whose last ACA step was above the new tolerance continue from
@@ -571,7 +572,11 @@ class HMatrix:
                         for st, d in zip(states, todo, strict=True))
             # a group's recompression: its factors trimmed, Q of both, the products
             recomp = max((3 * factors(st) for st in states), default=0)
-            memory_check(held() + whole + recomp + _TEMP + 96 * self.piece)
+            # the stored H-matrix built beside the ACA state (at most the factors and the
+            # whole blocks in the stored precision)
+            itemsize = torch.finfo(self.dtype).bits // 8
+            final = itemsize * (held() - near + whole) // 8
+            memory_check(held() + whole + recomp + final + _TEMP + 96 * self.piece)
 
         def pieces():
             for st, dense in zip(states, todo, strict=True):

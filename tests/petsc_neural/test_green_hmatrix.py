@@ -180,7 +180,7 @@ def test_aca_memory_check_stops_the_construction_early():
     near = sum(g.U.numel() * 8 for g in H.near_groups)
     assert min(seen) >= near > 0
     assert max(seen) >= 8 * H.padded
-    limit = (min(seen) + max(seen)) // 2
+    limit = (min(seen) + max(seen[:-1])) // 2  # passed during the ACA steps
 
     def strict(nbytes: int) -> None:
         if nbytes > limit:
