@@ -452,8 +452,9 @@ def table(rows: dict, cols: list[str], with_time: bool = True, key: str = "N") -
 def storage_lines(rows: dict) -> list[str]:
     out = ["| N | n | H stored entries | dense n^2 | compression (n^2 / stored) | H blocks "
            "(low rank / dense) | rank max | a posteriori error | matvec error vs dense | "
-           "kernel evaluations | H setup (s) | dense setup (s) | H / dense its |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "kernel evaluations | H setup (s) | construction peak, checked (MB) | "
+           "dense setup (s) | H / dense its |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for N in sorted(rows, key=int):
         r = rows[N].get("H")
         if not r or "info" not in r:
@@ -463,13 +464,15 @@ def storage_lines(rows: dict) -> list[str]:
         d = rows[N].get("dense") or {}
         mv = f"{r['matvec_error']:.2g}" if "matvec_error" in r else "-"
         ds = f"{d['setup']:.1f}" if "setup" in d else "-"
+        # the memory check's largest estimate (from the commit that bounds the peak on)
+        peak = f"{float(i['construction_mb']):.0f}" if "construction_mb" in i else "-"
         ratio = (f"{np.mean(r['its']) / np.mean(d['its']):.2f}"
                  if d.get("its") and r.get("its") else "-")
         out.append(f"| {N} | {n} | {float(i['stored']):.4g} | {n * n:.4g} | "
                    f"{n * n / float(i['stored']):.2f}x | {i['blocks_low_rank']} / "
                    f"{i['blocks_dense']} | {i['rank_max']} | {float(i['hmatrix_error']):.3g} | "
-                   f"{mv} | {float(i['kernel_pairs']):.3g} | {r['setup']:.1f} | {ds} | "
-                   f"{ratio} |")
+                   f"{mv} | {float(i['kernel_pairs']):.3g} | {r['setup']:.1f} | {peak} | "
+                   f"{ds} | {ratio} |")
     return out
 
 
