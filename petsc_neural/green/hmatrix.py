@@ -467,12 +467,12 @@ class HMatrix:
         self._aca = (max_rank, states)
         near = sum(g.U.numel() * g.U.element_size() for g in self.near_groups)
         def call() -> int:
-            # a kernel call's own temporaries (indices, values, the blend, the padded pivot
-            # rows and columns): under 96 B a pair; an ACA step evaluates one row and one
-            # column of every active block, the whole blocks come in pieces
+            # a step's temporaries (index lists and arrays, values, the blend, the padded
+            # pivot rows and columns and their masks): under 160 B a pair; an ACA step
+            # evaluates one row and one column of every active block
             step = sum(int((st["msz"][st["active"]] + st["nsz"][st["active"]]).sum())
                        for st in states)
-            return 96 * max(self.piece, step)
+            return 160 * max(self.piece, step)
 
         def factors(st: dict) -> int:
             return st["U"].nbytes + st["V"].nbytes
@@ -529,8 +529,10 @@ class HMatrix:
                 cj = st["C"][act, jp]
                 rows.append(_cat([st["R"][a, :st["msz"][a]] for a in act]))
                 cols.append(np.repeat(cj, st["msz"][act]))
+            vals = v_ = row = None  # the step's temporaries go as soon as they are used
             # pivot columns: K(I, j*) minus the approximant
             vals = _eval(kernel, t.perm, rows, cols)
+            rows = cols = None
             for st, v_ in zip(states, vals, strict=True):
                 act, jp, U, V = st["act"], st["jp"], st["U"], st["V"]
                 col = np.zeros((len(act), U.shape[1]))
@@ -562,6 +564,8 @@ class HMatrix:
                 end = act[nxt.max(1, initial=-1.0) < 0]  # every row used: exact
                 st["active"][end] = False
                 st["final"][end] = True
+                st["prow"] = None
+            vals = v_ = col = u = v = cross = nxt = None
         # blocks over their cap are evaluated whole (in pieces) and stored dense; then,
         # one group at a time, recompression (QR of both factors, SVD of the core,
         # truncation to tol) straight to the stored dtype
@@ -740,10 +744,10 @@ class HMatrix:
         return sum(g.U.numel() for g in self.dense_groups)
 
 
-def _slices(count: int, per_item: int, limit: int = _TEMP) -> list[slice]:
-    """Consecutive slices of ``count`` items, each at most ``limit`` bytes of
+def _slices(count: int, per_item: int) -> list[slice]:
+    """Consecutive slices of ``count`` items, each at most ``_TEMP`` bytes of
     ``per_item`` (at least one item)."""
-    step = max(1, limit // max(per_item, 1))
+    step = max(1, _TEMP // max(per_item, 1))
     return [slice(i, i + step) for i in range(0, count, step)]
 
 
@@ -768,7 +772,8 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 def _eval(kernel: Kernel, perm: np.ndarray, rows: list[np.ndarray], cols: list[np.ndarray]
           ) -> list[np.ndarray]:
     """One kernel call for several lists of tree positions; the values split back."""
-    vals = kernel(perm[_cat(rows).astype(int)], perm[_cat(cols).astype(int)])
+    vals = kernel(perm[_cat(rows).astype(np.int64, copy=False)],
+                  perm[_cat(cols).astype(np.int64, copy=False)])
     cuts = np.cumsum([len(r) for r in rows])[:-1]
     return np.split(vals, cuts) if rows else []
 
