@@ -831,7 +831,7 @@ class GreenInverse(SetupNetworkPC):
                 f"{self.opts['check_samples']} random admissible entries (tau "
                 f"{i['tau']:g}, {i['refinements']} refinement(s)); budget "
                 f"{self.opts['max_memory']:g} MB"
-                + (f" (construction's largest: {i['construction_mb']:.1f} MB)"
+                + (f" (construction's peak, as checked: {i['construction_mb']:.1f} MB)"
                    if "construction_mb" in i else ""))
             apply = ("serial apply" if i["ranks"] == 1 else
                      f"gathered apply on {i['ranks']} ranks: input scattered to all, each "

@@ -166,7 +166,7 @@ def test_view_reports_format_storage_and_a_posteriori_error(smooth_model, tmp_pa
     text = open(out).read()
     for needle in ("petsc_neural GreenInverse", "format: hmatrix", "low-rank blocks",
                    "compression", "x vs dense", "a posteriori error", "weight 0.0022675",
-                   "type: mat", "construction's largest"):
+                   "type: mat", "construction's peak, as checked"):
         assert needle in text, (needle, text)
 
 
