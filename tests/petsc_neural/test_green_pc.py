@@ -289,7 +289,7 @@ def test_from_firedrake_solver_parameters(tmp_path):
 
 
 @pytest.mark.parallel(nprocs=2)
-@pytest.mark.parametrize("fmt", ["hmatrix", "sparse"])
+@pytest.mark.parametrize("fmt", ["hmatrix", "sparse", "dense"])
 def test_two_ranks_apply_equals_serial(fmt, tmp_path):
     from mpi4py import MPI
 
