@@ -427,10 +427,10 @@ class HMatrix:
         times on every process) and before the over-cap blocks are evaluated whole, with the
         bytes this process will hold at the peak of what follows: the near field, the
         float64 factors (and blocks evaluated whole) so far, and the largest temporary of
-        the next step (a group's factors grown by 16 columns, or its recompression and
-        the stored H-matrix beside the ACA state, plus one bounded slice and one kernel
-        piece); it raises to stop a construction that outgrows a memory budget long
-        before the machine runs out.
+        the next step (every group's factors grown by 16 columns, the old copy of one, or
+        a group's recompression and the stored H-matrix beside the ACA state, plus one
+        bounded slice and one kernel piece); it raises to stop a construction that outgrows
+        a memory budget long before the machine runs out.
 
         Called again with a smaller ``tol`` (the a posteriori check's refinement), it
         resumes: the blocks whose last ACA step was above the new tolerance continue from
@@ -481,14 +481,20 @@ class HMatrix:
             return near + sum(factors(st) + st["order"].nbytes
                               + sum(w.nbytes for w in st["whole"].values()) for st in states)
 
-        def grown(st: dict) -> int:  # the factors after growing by 16 columns
-            return 8 * len(st["ids"]) * (st["U"].shape[1] + st["V"].shape[1]) \
-                * (st["U"].shape[2] + 16)
+        def growth(st: dict) -> int:  # bytes this step's growth by 16 columns adds
+            act = st["active"]
+            if not act.any() or st["k"][act].max() < st["U"].shape[2]:
+                return 0
+            return 8 * len(st["ids"]) * (st["U"].shape[1] + st["V"].shape[1]) * 16
 
         while agree(any(st["active"].any() for st in states)):
             if memory_check is not None:
-                memory_check(held() + _TEMP + call()
-                             + max((grown(st) for st in states), default=0))
+                # every group at its width grows in the same step (the held memory grows
+                # by all of it), one group at a time (the old copy of one group on top)
+                grows = [st for st in states if growth(st)]
+                memory_check(held() + sum(growth(st) for st in grows)
+                             + max((factors(st) for st in grows), default=0)
+                             + _TEMP + call())
             # pivot rows: K(i*, J) minus the approximant, every group in one call
             rows, cols = [], []
             for st in states:
