@@ -322,9 +322,7 @@ class HMatrix:
             for R, C, D in work:
                 step = max(1, self.piece // (R.shape[1] * C.shape[1]))
                 for a in range(0, len(R), step):
-                    valid = (R[a:a + step, :, None] < n) & (C[a:a + step, None, :] < n)
-                    rr = np.broadcast_to(R[a:a + step, :, None], valid.shape)[valid]
-                    cc = np.broadcast_to(C[a:a + step, None, :], valid.shape)[valid]
+                    rr, cc, valid = _entries(R[a:a + step], C[a:a + step], n)
 
                     def store(vals, D=D, a=a, step=step, valid=valid):
                         D[a:a + step][torch.from_numpy(valid)] = \
@@ -358,9 +356,7 @@ class HMatrix:
             C, nsize = self._index([self.blocks[i].col for i in ids], nn)
             whole = m * nn <= (m + nn) * s + s * s
             if whole:
-                valid = (R[:, :, None] < n_pts) & (C[:, None, :] < n_pts)
-                rr = np.broadcast_to(R[:, :, None], valid.shape)[valid]
-                cc = np.broadcast_to(C[:, None, :], valid.shape)[valid]
+                rr, cc, valid = _entries(R, C, n_pts)
                 rows.append(t.perm[rr])
                 cols.append(t.perm[cc])
                 plan.append((np.array(ids), R, C, k, "whole", (valid,)))
@@ -375,9 +371,7 @@ class HMatrix:
                 Js[j, :len(oj)] = t.start[b.col] + oj
             masks = []
             for A_, B_ in ((R, Js), (Is, C), (Is, Js)):
-                valid = (A_[:, :, None] < n_pts) & (B_[:, None, :] < n_pts)
-                rr = np.broadcast_to(A_[:, :, None], valid.shape)[valid]
-                cc = np.broadcast_to(B_[:, None, :], valid.shape)[valid]
+                rr, cc, valid = _entries(A_, B_, n_pts)
                 rows.append(t.perm[rr])
                 cols.append(t.perm[cc])
                 masks.append(valid)
@@ -594,9 +588,7 @@ class HMatrix:
                 step = max(1, self.piece // (m * nn))
                 for lo in range(0, len(dense), step):
                     d = dense[lo:lo + step]
-                    valid = st["rv"][d, :, None] & st["cv"][d, None, :]
-                    rr = np.broadcast_to(st["R"][d, :, None], valid.shape)[valid]
-                    cc = np.broadcast_to(st["C"][d, None, :], valid.shape)[valid]
+                    rr, cc, valid = _entries(st["R"][d], st["C"][d], len(t.perm))
 
                     def store(vals, st=st, d=d, valid=valid):
                         D = np.zeros(valid.shape)
@@ -769,6 +761,16 @@ def evaluate_pieces(kernel: Kernel, pieces: Iterator[tuple[np.ndarray, np.ndarra
         item[2](kernel(item[0], item[1]))
     while agree(False):
         kernel(empty, empty)
+
+
+def _entries(R: np.ndarray, C: np.ndarray, n: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (row, column) tree positions of the unpadded entries of blocks with padded
+    row / column positions ``R`` ``(b, m)`` and ``C`` ``(b, k)`` (padding: ``n``), and
+    their ``(b, m, k)`` mask."""
+    valid = (R[:, :, None] < n) & (C[:, None, :] < n)
+    return (np.broadcast_to(R[:, :, None], valid.shape)[valid],
+            np.broadcast_to(C[:, None, :], valid.shape)[valid], valid)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

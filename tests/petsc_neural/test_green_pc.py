@@ -421,10 +421,11 @@ def test_hmatrix_without_admissible_blocks(smooth_model):
 @pytest.mark.parallel(nprocs=2)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("ksp_type", ["gmres", "fgmres"])
-@pytest.mark.parametrize("table", [1.0, 0.0])  # blend tabulated / per pair
-def test_empty_rank_with_the_boundary_blend_matches_serial(ksp_type, table, tmp_path):
-    """Rank 1 owns no rows: the blend's tables and the H-matrix are still collective, the
-    solve (PETSc's default gmres too) reaches the true residual in the serial count."""
+@pytest.mark.parametrize("fmt, table", [("hmatrix", 1.0), ("hmatrix", 0.0), ("dense", 1.0)])
+def test_empty_rank_with_the_boundary_blend_matches_serial(ksp_type, fmt, table, tmp_path):
+    """Rank 1 owns no rows: the blend's tables (tabulated or per pair), the H-matrix and
+    the dense rows (kernel pieces on rank 0, empty calls on rank 1) are still collective,
+    the solve (PETSc's default gmres too) reaches the true residual in the serial count."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -441,7 +442,7 @@ def test_empty_rank_with_the_boundary_blend_matches_serial(ksp_type, table, tmp_
         A.setPreallocationCSR((np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0)))
     A.assemble()
     X = ser.coordinates if comm.rank == 0 else np.zeros((0, 2))
-    opts = {**green(path, format="hmatrix", leaf=16, boundary_table=table),
+    opts = {**green(path, format=fmt, leaf=16, boundary_table=table),
             "ksp_type": ksp_type, "ksp_rtol": 1e-8}
     ksp = ksp_for(A, X, opts)
     ctx = ksp.getPC().getPythonContext()
