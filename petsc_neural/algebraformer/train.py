@@ -12,9 +12,11 @@ permutation per epoch.  The loop is :func:`petsc_neural.training.loop.run_traini
 metadata.  ``--init MODEL`` starts from a trained model (fine-tuning).
 
 Budgets (``--budget``): ``cpu`` (default) trains on 20 000 diffusion systems
-for 10 epochs (6 250 steps of 32, peak learning rate 1e-3: about 30 minutes
-on one free core), 250 reaction systems for 150 epochs, 1 500 advection systems
-for 30 epochs (half when fine-tuning), 1 250 Newton trajectories for 10 epochs;
+for 10 epochs (6 250 steps of 32, peak learning rate 1e-3: 8 minutes for the
+CPU-sized transformer on one core of a 2-core machine, 4-9 minutes for the
+LSTM/GRU; 30 minutes while the machine was shared), 250 reaction systems for
+150 epochs, 1 500 advection systems for 30 epochs (half when fine-tuning),
+1 250 Newton trajectories for 10 epochs;
 ``paper`` uses the paper's set sizes, epochs and learning rate (diffusion
 50 000 systems, 400 epochs; reaction 250 and advection 1 500 systems, 1 000
 epochs from scratch or 500 when fine-tuned; Newton 1 250 trajectories, 50
