@@ -6,7 +6,8 @@ Writes ``results/algebraformer.md`` and ``results/algebraformer_*.png``:
 1. **Table 1** (diffusion BVP, relative MSE on held-out systems): our
    Algebraformer, LSTM and GRU trained with the same budget (same systems,
    epochs, batch and schedule), with parameters, steps and wall time; and
-   again with three times the epochs for all three (``budget``).
+   again with three times the epochs for all three (``budget``) and with
+   wider networks (``width``).
 2. **Fine-tuning vs from scratch** (Fig. 2 left): test relative MSE during
    training on the reaction (250 systems) and advection (1 500 systems) BVPs.
 3. **Noise** (Fig. 2 right): relative MSE against the clean solution when
@@ -24,7 +25,7 @@ here when a model file is missing; ``--retrain`` runs them again); each
 model's training budget and wall time come from its metadata.  Usage::
 
     python scripts/reproduce_algebraformer.py [--workdir build/algebraformer]
-        [--parts table1,budget,finetune,noise,newton,fgmres] [--newton-problems 125]
+        [--parts table1,budget,width,finetune,noise,newton,fgmres] [--newton-problems 125]
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ ARCHS = ("lstm", "gru", "algebraformer")
 #: the larger budget of the ``budget`` part: epochs for all three architectures
 BUDGET_EPOCHS = 30
 BUDGET_SUFFIX = f"_e{BUDGET_EPOCHS}"
+#: the wider networks of the ``width`` part (the CPU budget's 10 epochs): width 192 for
+#: all three (CPU configuration: 96, 112 for the GRU), the transformer with the paper's 8 heads
+WIDE = 192
+WIDE_SUFFIX = f"_w{WIDE}"
 NOISE_LEVELS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TEST_SYSTEMS = 5000  # the paper's test-set size
 
@@ -110,6 +115,10 @@ def train_commands(workdir: str) -> dict[str, list[str]]:
         "gru": cmd("gru", f"{w}/gru_diffusion.pt", "--task", "diffusion"),
         **{arch + BUDGET_SUFFIX: cmd(arch, f"{w}/{arch}_diffusion{BUDGET_SUFFIX}.pt", "--task",
                                      "diffusion", "--epochs", str(BUDGET_EPOCHS))
+           for arch in ARCHS},
+        **{arch + WIDE_SUFFIX: cmd(arch, f"{w}/{arch}_diffusion{WIDE_SUFFIX}.pt", "--task",
+                                   "diffusion", "--width", str(WIDE),
+                                   *(["--heads", "8"] if arch == "algebraformer" else []))
            for arch in ARCHS},
         "newton": cmd("algebraformer", shipped("newton"), "--task", "newton"),
         "reaction_scratch": cmd("algebraformer", f"{w}/reaction_scratch.pt", "--task",
@@ -233,6 +242,13 @@ def budget(models: dict[str, str], test) -> tuple[list[str], dict]:
     return table1(models, test, suffix=BUDGET_SUFFIX, heading=(
         f"## Table 1 with {BUDGET_EPOCHS} epochs (three times the CPU budget's 10) for the "
         "three models"))
+
+
+def width(models: dict[str, str], test) -> tuple[list[str], dict]:
+    """Table 1 again with wider networks (about 3-4x the parameters)."""
+    return table1(models, test, suffix=WIDE_SUFFIX, heading=(
+        f"## Table 1 with networks of width {WIDE} (the CPU configuration: 96, 112 for the "
+        "GRU) for the three models"))
 
 
 # -- 2. fine-tuning -------------------------------------------------------------------------
@@ -509,7 +525,7 @@ def fgmres(models: dict[str, str], test, count: int = 20) -> tuple[list[str], di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "build", "algebraformer"))
-    parser.add_argument("--parts", default="table1,budget,finetune,noise,newton,fgmres")
+    parser.add_argument("--parts", default="table1,budget,width,finetune,noise,newton,fgmres")
     parser.add_argument("--newton-problems", type=int, default=125)
     parser.add_argument("--retrain", action="store_true")
     args = parser.parse_args()
@@ -519,6 +535,7 @@ def main() -> int:
     cmds = train_commands(args.workdir)
     need = {"table1": ["algebraformer", "lstm", "gru"],
             "budget": [arch + BUDGET_SUFFIX for arch in ARCHS],
+            "width": [arch + WIDE_SUFFIX for arch in ARCHS],
             "finetune": ["algebraformer", "reaction_scratch", "reaction_finetune",
                          "advection_scratch", "advection_finetune", "advection_finetune_lr"],
             "noise": ["algebraformer"], "newton": ["newton"],
@@ -529,7 +546,7 @@ def main() -> int:
             if name not in models:
                 models[name] = ensure(name, cmds[name], args.retrain)
     test = None
-    if {"table1", "budget", "noise", "fgmres"} & set(parts):
+    if {"table1", "budget", "width", "noise", "fgmres"} & set(parts):
         data = cached_set("diffusion", TEST_SYSTEMS, TEST_SEED_OFFSET,
                           os.path.join(args.workdir, "data"))
         test = normalised_set("diffusion", data.A, data.b, data.x)
@@ -547,6 +564,8 @@ def main() -> int:
             lines, summary[part] = table1(models, test)
         elif part == "budget":
             lines, summary[part] = budget(models, test)
+        elif part == "width":
+            lines, summary[part] = width(models, test)
         elif part == "finetune":
             lines, summary[part] = finetune(models, args.workdir)
         elif part == "noise":
