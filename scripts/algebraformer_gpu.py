@@ -206,7 +206,8 @@ def run(args: argparse.Namespace) -> dict:
     res["steps"] = epochs * (args.train_samples // args.batch)
     logs = {a: os.path.join(args.workdir, f"train_{a}.log") for a in ARCHS}
     t0 = time.perf_counter()
-    procs = {a: subprocess.Popen(_train_command(args, a, epochs), stdout=open(logs[a], "w"),
+    sinks = {a: open(logs[a], "w") for a in ARCHS}  # noqa: SIM115 - closed below
+    procs = {a: subprocess.Popen(_train_command(args, a, epochs), stdout=sinks[a],
                                  stderr=subprocess.STDOUT) for a in ARCHS}
     ended: dict[str, float] = {}
     while len(ended) < len(procs):
@@ -223,6 +224,8 @@ def run(args: argparse.Namespace) -> dict:
                     log.info("%s killed at the deadline after %.0f s", a, ended[a])
             break
         time.sleep(1.0)
+    for sink in sinks.values():
+        sink.close()
     res["models"] = {}
     errors = {}
     import torch

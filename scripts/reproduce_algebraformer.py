@@ -433,7 +433,7 @@ def krylov_solve(A: np.ndarray, b: np.ndarray, opts: dict,
         o[k] = val
     try:
         ksp = PETSc.KSP().create(PETSc.COMM_SELF)
-        ksp.setOperators(M, P or M)
+        ksp.setOperators(M, M if P is None else P)
         ksp.setFromOptions()
         x = v.duplicate()
         t0 = time.perf_counter()
