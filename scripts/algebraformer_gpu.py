@@ -140,14 +140,6 @@ def _history(log_text: str) -> list[list[float]]:
             re.findall(r"\(epoch ([0-9.]+)\): test relative MSE ([0-9.eE+-]+)", log_text)]
 
 
-def _bootstrap(base: np.ndarray, af: np.ndarray, rng: np.random.Generator,
-               reps: int = 2000) -> list[float]:
-    idx = rng.integers(0, len(af), size=(reps, len(af)))
-    ratios = base[idx].mean(axis=1) / af[idx].mean(axis=1)
-    return [float(base.mean() / af.mean()), float(np.quantile(ratios, 0.025)),
-            float(np.quantile(ratios, 0.975))]
-
-
 def run(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     deadline = t_start + args.seconds - 60.0  # 60 s kept for scoring and copying
@@ -231,6 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from petsc_neural.algebraformer.data import load_task
+    from petsc_neural.algebraformer.loss import paired_ratio_interval
     from petsc_neural.algebraformer.train import evaluate, load_solver
 
     test = load_task("diffusion", args.test_samples, TEST_SEED, args.workdir)
@@ -251,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
     if "algebraformer" in errors:
         rng = np.random.default_rng(0)
         af = errors["algebraformer"]
-        res["paired"] = {a: {"ratio_ci": _bootstrap(errors[a], af, rng),
+        res["paired"] = {a: {"ratio_ci": list(paired_ratio_interval(errors[a], af, rng)),
                              "af_lower_fraction": float(np.mean(af < errors[a]))}
                          for a in errors if a != "algebraformer"}
         with open(os.path.join(args.workdir, "algebraformer_gpu.pt"), "rb") as f:

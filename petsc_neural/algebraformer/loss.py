@@ -9,10 +9,11 @@ Krylov preconditioners add the relative residual (:func:`relative_residual`).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["relative_mse", "relative_mse_each", "relative_residual"]
+__all__ = ["relative_mse", "relative_mse_each", "relative_residual", "paired_ratio_interval"]
 
 
 def relative_mse_each(pred: Tensor, target: Tensor) -> Tensor:
@@ -35,3 +36,13 @@ def relative_residual(Ah: Tensor, pred: Tensor, bh: Tensor) -> Tensor:
     """
     res = (Ah @ pred.unsqueeze(-1)).squeeze(-1) - bh
     return (res.pow(2).sum(-1) / bh.pow(2).sum(-1).clamp_min(torch.finfo(bh.dtype).tiny)).mean()
+
+
+def paired_ratio_interval(base: np.ndarray, other: np.ndarray, rng: np.random.Generator,
+                          reps: int = 2000) -> tuple[float, float, float]:
+    """``mean(base) / mean(other)`` of per-system errors on the same systems, and its
+    paired bootstrap 95% interval (``reps`` resamples of the systems)."""
+    idx = rng.integers(0, len(other), size=(reps, len(other)))
+    ratios = base[idx].mean(axis=1) / other[idx].mean(axis=1)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(base.mean() / other.mean()), float(lo), float(hi)

@@ -152,3 +152,19 @@ def test_newton_task_standardises_by_default():
     assert not cfg("--task", "diffusion").arch_config().standardize
     assert cfg("--task", "diffusion", "--standardize").arch_config().standardize
     assert not cfg("--task", "newton", "--no-standardize").arch_config().standardize
+
+
+def test_paired_ratio_interval():
+    from petsc_neural.algebraformer.loss import paired_ratio_interval
+
+    rng = np.random.default_rng(3)
+    other = rng.lognormal(size=500)
+    # an exact multiple: every resample has the same ratio
+    assert paired_ratio_interval(2.0 * other, other, np.random.default_rng(0)) == \
+        pytest.approx((2.0, 2.0, 2.0))
+    base = other * rng.lognormal(mean=0.2, sigma=0.5, size=500)
+    ratio, lo, hi = paired_ratio_interval(base, other, np.random.default_rng(0))
+    assert ratio == pytest.approx(base.mean() / other.mean())
+    assert lo < ratio < hi and hi - lo < 0.5
+    # seeded: the same interval again
+    assert paired_ratio_interval(base, other, np.random.default_rng(0)) == (ratio, lo, hi)
